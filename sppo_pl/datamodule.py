@@ -1,0 +1,165 @@
+"""SPPODataModule: prompts in, each self-play iteration's scored rollouts out as training batches.
+
+The prompt source is any ``datasets.DatasetDict`` with ``train`` and ``test`` splits (a Hydra ``_target_``
+that returns one, e.g. :func:`sppo_pl.data.arithmetic.arithmetic_splits`). Each iteration the rollout
+callback takes :meth:`next_prompts`, samples and scores them, and hands the result to :meth:`set_rollouts`;
+with ``reload_dataloaders_every_n_epochs=1`` Lightning rebuilds :meth:`train_dataloader` from them.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import lru_cache
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from sppo_pl.types import Rollout
+
+
+class SPPODataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        dataset: Any,
+        tokenizer: Any = None,
+        prompt_key: str = "prompt",
+        answer_key: str | None = "answer",
+        system_prompt: str | None = None,
+        prompts_per_epoch: int = 64,
+        batch_size: int = 8,
+        val_batch_size: int = 64,
+        max_prompt_len: int = 256,
+        max_val_prompts: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if prompts_per_epoch < 1 or batch_size < 1 or val_batch_size < 1:
+            raise ValueError("data.prompts_per_epoch, data.batch_size and data.val_batch_size must be >= 1")
+        self.dataset = dataset
+        self.tokenizer = tokenizer
+        self.prompt_key, self.answer_key, self.system_prompt = prompt_key, answer_key, system_prompt
+        self.prompts_per_epoch, self.batch_size, self.val_batch_size = prompts_per_epoch, batch_size, val_batch_size
+        self.max_prompt_len, self.max_val_prompts, self.seed = max_prompt_len, max_val_prompts, seed
+        self.train_prompts: list[dict] = []
+        self.val_prompts: list[dict] = []
+        self.rollouts: list[Rollout] = []
+        self.rollout_epoch = -1
+        self.rollout_step = -1
+
+    # ---- prompts -------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_prompts:
+            return
+        if self.tokenizer is None:
+            raise ValueError("SPPODataModule needs a tokenizer (train.py passes the model's)")
+        ds = self.dataset() if callable(self.dataset) else self.dataset
+        for split in ("train", "test"):
+            if split not in ds:
+                raise ValueError(f"data.dataset must provide a '{split}' split, got {list(ds)}")
+        self.train_prompts = self._encode(ds["train"], "train")
+        val = ds["test"] if self.max_val_prompts is None else ds["test"].select(range(min(self.max_val_prompts, len(ds["test"]))))
+        self.val_prompts = self._encode(val, "test")
+
+    def _encode(self, split, name: str) -> list[dict]:
+        if self.prompt_key not in split.column_names:
+            raise ValueError(f"data: split '{name}' has no prompt column '{self.prompt_key}' (columns: {split.column_names})")
+        rows = []
+        for i, row in enumerate(split):
+            prompt = row[self.prompt_key]
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"data: split '{name}' row {i}: field '{self.prompt_key}' is empty or not text")
+            ids = encode_prompt(self.tokenizer, prompt, self.system_prompt)
+            if len(ids) > self.max_prompt_len:
+                raise ValueError(
+                    f"data: split '{name}' row {i}: prompt is {len(ids)} tokens, above model.max_prompt_len={self.max_prompt_len}"
+                )
+            answer = row.get(self.answer_key) if self.answer_key else None
+            rows.append({"prompt": prompt, "prompt_ids": ids, "answer": None if answer is None else str(answer)})
+        return rows
+
+    def next_prompts(self, epoch: int) -> list[dict]:
+        """The prompts of self-play iteration ``epoch``: seeded passes over the train split, wrapping around."""
+        total = len(self.train_prompts)
+        picked = []
+        for i in range(epoch * self.prompts_per_epoch, (epoch + 1) * self.prompts_per_epoch):
+            cycle, pos = divmod(i, total)
+            picked.append(self.train_prompts[_permutation(self.seed, cycle, total)[pos]])
+        return picked
+
+    # ---- rollouts ------------------------------------------------------------------------------------
+    def set_rollouts(self, rollouts: list[Rollout], epoch: int, step: int) -> None:
+        """Scored rollouts sampled by the policy at ``step`` (global step), to train on in ``epoch``."""
+        ks = {r.k for r in rollouts}
+        if len(ks) != 1:
+            raise ValueError(f"every prompt needs the same number of samples, got {sorted(ks)}")
+        self.rollouts, self.rollout_epoch, self.rollout_step = rollouts, epoch, step
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.rollouts:
+            raise RuntimeError("no rollouts yet: the rollout callback (callbacks.rollout) must run before training")
+        pad = self.tokenizer.pad_token_id
+        meta = {"rollout_epoch": self.rollout_epoch, "rollout_step": self.rollout_step}
+        return DataLoader(
+            self.rollouts,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(self.seed + max(self.rollout_epoch, 0)),
+            collate_fn=lambda rows: {**collate_rollouts(rows, pad), **meta},
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_prompts, batch_size=self.val_batch_size, shuffle=False, collate_fn=_as_columns)
+
+
+def encode_prompt(tokenizer, prompt: str, system_prompt: str | None = None) -> list[int]:
+    """Token ids of a user turn through the tokenizer's chat template (plain text if it has none)."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
+
+
+@lru_cache(maxsize=4)
+def _permutation(seed: int, cycle: int, n: int) -> list[int]:
+    perm = list(range(n))
+    random.Random(seed * 1_000_003 + cycle).shuffle(perm)
+    return perm
+
+
+def _as_columns(rows: list[dict]) -> dict[str, list]:
+    return {k: [r[k] for r in rows] for k in rows[0]}
+
+
+def collate_rollouts(rows: list[Rollout], pad_id: int) -> dict[str, torch.Tensor]:
+    """B prompt groups of K responses -> tensors laid out ``[left-padded prompt | right-padded response]``.
+
+    input_ids, attention_mask: [B*K, P + R]; response_mask: [B*K, R];
+    ref_logps, win_rate, scores: [B, K] (row b*K + k of the flat tensors is sample k of prompt b).
+    """
+    seqs = [(r.prompt_ids, resp) for r in rows for resp in r.response_ids]
+    p = max(len(x) for x, _ in seqs)
+    rlen = max(1, max(len(y) for _, y in seqs))
+    ids, attn, resp_mask = [], [], []
+    for x, y in seqs:
+        lp, ry = p - len(x), rlen - len(y)
+        ids.append([pad_id] * lp + list(x) + list(y) + [pad_id] * ry)
+        attn.append([0] * lp + [1] * (len(x) + len(y)) + [0] * ry)
+        resp_mask.append([1] * len(y) + [0] * ry)
+
+    def grid(field: str) -> torch.Tensor:
+        return torch.tensor([getattr(r, field) or [0.0] * r.k for r in rows], dtype=torch.float32)
+
+    return {
+        "input_ids": torch.tensor(ids),
+        "attention_mask": torch.tensor(attn),
+        "response_mask": torch.tensor(resp_mask),
+        "ref_logps": grid("ref_logps"),
+        "win_rate": grid("win_rate"),
+        "scores": grid("scores"),
+    }
+

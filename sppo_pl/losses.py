@@ -1,0 +1,191 @@
+"""SPPO loss variants: small pure modules, one per published formula.
+
+Every loss is called as ``loss_fn(policy_logps, ref_logps, win_rate, scores)`` with
+
+    policy_logps: [B, K]  log pi_theta(y_k | x_b), summed over response tokens (requires grad)
+    ref_logps:    [B, K]  log pi_t(y_k | x_b), the iterate that sampled the rollouts (no grad)
+    win_rate:     [B, K]  P_hat(y_k > pi_t | x_b) = mean_j P(y_k > y_j | x_b)   (paper eq. 4.7)
+    scores:       [B, K]  the oracle's raw scores (0/1 correctness, reward-model score, ...)
+
+and returns a :class:`sppo_pl.types.LossOutput`. Pair losses (``requires_pairs = True``) use the best (w)
+and worst (l) of the K samples, ranked by win rate (ties: first index), as the original code does.
+Selecting one of them is ``loss=<name>`` in Hydra; each config names its class with ``_target_``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sppo_pl.types import LossOutput
+
+
+def _check_eta(eta: float) -> float:
+    if not (isinstance(eta, int | float) and math.isfinite(eta) and eta > 0):
+        raise ValueError(f"loss.eta must be a positive finite number, got {eta!r}")
+    return float(eta)
+
+
+def best_worst(win_rate: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices [B] of the best and worst of K samples by win rate (ties resolve to the first index)."""
+    return win_rate.argmax(dim=-1), win_rate.argmin(dim=-1)
+
+
+def _take(x: Tensor, idx: Tensor) -> Tensor:
+    """x[b, idx[b]] for x [B, K] and idx [B] -> [B]."""
+    return x.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
+
+
+def _output(losses: Tensor, log_ratio: Tensor, target: Tensor, weight: Tensor | None = None) -> LossOutput:
+    """Mean of `losses` (optionally only where `weight` is 1) plus detached statistics."""
+    if weight is None:
+        loss = losses.mean()
+        lr, tg = log_ratio.detach().mean(), target.detach().mean()
+    else:
+        n = weight.sum().clamp(min=1)
+        loss = (losses * weight).sum() / n
+        lr, tg = (log_ratio.detach() * weight).sum() / n, (target.detach() * weight).sum() / n
+    return LossOutput(loss=loss, losses=losses.detach(), log_ratio=lr, target=tg)
+
+
+class SPPOLoss(nn.Module):
+    """SPPO, paper eq. 4.7 (Wu et al. 2024, arXiv 2405.00675), on all K samples of each prompt.
+
+    loss_{b,k} = (log pi_theta(y_k|x) - log pi_t(y_k|x) - eta * (P_hat(y_k > pi_t | x) - 1/2))^2
+
+    eta/2 stands in for eta * log Z (the paper's approximation). Paper setting: eta = 1e3.
+    """
+
+    requires_pairs = True  # P_hat needs at least two samples to compare
+
+    def __init__(self, eta: float = 1e3):
+        super().__init__()
+        self.eta = _check_eta(eta)
+
+    def forward(self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor) -> LossOutput:
+        log_ratio = policy_logps - ref_logps
+        target = self.eta * (win_rate - 0.5)
+        return _output((log_ratio - target) ** 2, log_ratio, target)
+
+
+class SPPOPairLoss(SPPOLoss):
+    """SPPO as uclaml/SPPO trains it (loss_type "sppo"): best (w) and worst (l) sample only.
+
+    loss_b = [(lw - eta (P_hat_w - 1/2))^2 + (ll - eta (P_hat_l - 1/2))^2] / 2,
+    lw, ll = log pi_theta - log pi_t of the winner / loser; P_hat_w, P_hat_l their win rates vs pi_t.
+    """
+
+    def forward(self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor) -> LossOutput:
+        w, l = best_worst(win_rate)
+        log_ratio = policy_logps - ref_logps
+        lw, ll = _take(log_ratio, w), _take(log_ratio, l)
+        tw, tl = self.eta * (_take(win_rate, w) - 0.5), self.eta * (_take(win_rate, l) - 0.5)
+        losses = ((lw - tw) ** 2 + (ll - tl) ** 2) / 2
+        return _output(losses, (lw + ll) / 2, (tw + tl) / 2)
+
+
+class SPPOSingleLoss(SPPOLoss):
+    """uclaml/SPPO loss_type "sppo_single": one pairwise probability P_wl = P(y_w > y_l | x).
+
+    loss_b = [(lw - eta (P_wl - 1/2))^2 + (ll + eta (P_wl - 1/2))^2] / 2
+
+    P_wl comes from the oracle's scores by Bradley-Terry, sigmoid(s_w - s_l) (`hard=False`), or as a hard
+    preference 1{s_w > s_l} + 1/2 1{s_w = s_l} (`hard=True`, for 0/1 verifiers).
+    """
+
+    def __init__(self, eta: float = 1e3, hard: bool = False):
+        super().__init__(eta)
+        self.hard = hard
+
+    def forward(self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor) -> LossOutput:
+        w, l = best_worst(win_rate)
+        log_ratio = policy_logps - ref_logps
+        lw, ll = _take(log_ratio, w), _take(log_ratio, l)
+        diff = _take(scores, w) - _take(scores, l)
+        p_wl = (diff > 0).to(diff) + 0.5 * (diff == 0).to(diff) if self.hard else torch.sigmoid(diff)
+        t = self.eta * (p_wl - 0.5)
+        losses = ((lw - t) ** 2 + (ll + t) ** 2) / 2
+        return _output(losses, (lw + ll) / 2, torch.zeros_like(t))
+
+
+class SPPOHardLoss(SPPOLoss):
+    """TRL DPOTrainer loss_type "sppo_hard": the winner's P is taken as 1, the loser's as 0.
+
+    loss_b = (lw - eta/2)^2 + (ll + eta/2)^2    (TRL writes it with beta = 1/eta:
+    (a - 1/(2 beta))^2 + (b + 1/(2 beta))^2 with a, b the chosen / rejected log-ratios).
+    Prompts whose K samples all tie carry no preference and are left out of the mean.
+    """
+
+    def forward(self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor) -> LossOutput:
+        w, l = best_worst(win_rate)
+        log_ratio = policy_logps - ref_logps
+        lw, ll = _take(log_ratio, w), _take(log_ratio, l)
+        losses = (lw - self.eta / 2) ** 2 + (ll + self.eta / 2) ** 2
+        valid = (_take(win_rate, w) > _take(win_rate, l)).to(losses)
+        return _output(losses, (lw + ll) / 2, torch.zeros_like(lw), weight=valid)
+
+
+def softmean(x: Tensor, beta: float, dim: int = -1, keepdim: bool = False) -> Tensor:
+    """SoftMean_beta(x) = (1/beta) log( (1/n) sum_i exp(beta x_i) ); the plain mean at beta = 0."""
+    if beta == 0:
+        return x.mean(dim=dim, keepdim=keepdim)
+    lse = torch.logsumexp(beta * x, dim=dim, keepdim=keepdim)
+    return (lse - math.log(x.size(dim))) / beta
+
+
+class SPPOSoftMeanLoss(SPPOLoss):
+    """verl's SPPO recipe (recipe/sppo): regress the log-ratio on a SoftMean-centred reward.
+
+    target_i = eta * (r_i - SoftMean_eta(r)),   loss = mean_i (log pi_theta(y_i) - log pi_t(y_i) - target_i)^2
+
+    r are the oracle's scores (0/1 correctness on MATH). `group="batch"` takes the SoftMean over every
+    response in the batch, as verl does (it samples one response per prompt); `group="prompt"` takes it over
+    each prompt's K samples, closer to the paper. verl regresses each token's log-ratio on the target
+    (token-mean); here, as in the paper, the sequence log-ratio is used.
+    """
+
+    requires_pairs = False
+
+    def __init__(self, eta: float = 1.0, group: str = "prompt"):
+        super().__init__(eta)
+        if group not in ("prompt", "batch"):
+            raise ValueError(f"loss.group must be 'prompt' or 'batch', got {group!r}")
+        self.group = group
+        self.requires_pairs = group == "prompt"
+
+    def forward(self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor) -> LossOutput:
+        r = scores.to(policy_logps.dtype)
+        if self.group == "prompt":
+            centre = softmean(r, self.eta, dim=-1, keepdim=True)
+        else:
+            centre = softmean(r.reshape(-1), self.eta)
+        target = self.eta * (r - centre)
+        log_ratio = policy_logps - ref_logps
+        return _output((log_ratio - target) ** 2, log_ratio, target)
+
+
+class DPOLoss(nn.Module):
+    """Iterative DPO on the best-vs-worst pair of each prompt's K samples (Rafailov et al. 2023, eq. 7).
+
+    loss_b = -log sigmoid(beta * (lw - ll)); the baseline SPPO is compared with in the paper.
+    Prompts whose K samples all tie carry no preference and are left out of the mean.
+    """
+
+    requires_pairs = True
+
+    def __init__(self, beta: float = 0.1):
+        super().__init__()
+        if not (math.isfinite(beta) and beta > 0):
+            raise ValueError(f"loss.beta must be a positive finite number, got {beta!r}")
+        self.beta = float(beta)
+
+    def forward(self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor) -> LossOutput:
+        w, l = best_worst(win_rate)
+        log_ratio = policy_logps - ref_logps
+        lw, ll = _take(log_ratio, w), _take(log_ratio, l)
+        losses = -F.logsigmoid(self.beta * (lw - ll))
+        valid = (_take(win_rate, w) > _take(win_rate, l)).to(losses)
+        return _output(losses, (lw + ll) / 2, torch.zeros_like(lw), weight=valid)

@@ -1,0 +1,128 @@
+"""SPPOModule: the policy being trained, the frozen previous iterate pi_t, and the SPPO step."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from functools import partial
+
+import lightning as L
+import torch
+from torch import nn
+
+from sppo_pl.datamodule import collate_rollouts
+from sppo_pl.logprobs import sequence_logps
+from sppo_pl.types import Rollout
+
+
+class SPPOModule(L.LightningModule):
+    """Holds the policy (a Hugging Face causal LM) and trains it with a loss from :mod:`sppo_pl.losses`.
+
+    pi_t is the policy at the moment the rollouts were sampled. With ``reference="precompute"`` (default)
+    its log-probs are taken once, with a no-grad pass of the policy right after sampling, and no second
+    copy of the model is held. ``reference="model"`` keeps a frozen copy that is refreshed to the policy at
+    every rollout (:meth:`refresh_reference`), for users who want a separate module (or a fixed anchor
+    with ``refresh_reference_every=0``).
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        loss: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.AdamW, lr=1e-6),
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        reference: str = "precompute",
+        dtype: str = "float32",
+        logps_batch_size: int = 16,
+        gradient_checkpointing: bool = False,
+        attn_implementation: str | None = None,
+    ):
+        super().__init__()
+        if reference not in ("precompute", "model"):
+            raise ValueError(f"module.reference must be 'precompute' or 'model', got {reference!r}")
+        self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"])
+        self.loss_fn = loss
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.policy = load_policy(model_path, dtype, attn_implementation)
+        if gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable()
+        self.reference = _frozen_copy(self.policy) if reference == "model" else None
+        # Set by the rollout callback: greedy generation for validation (prompt ids -> response texts).
+        self.val_generate: Callable[[list[list[int]]], list[str]] | None = None
+
+    # ---- log-probs -----------------------------------------------------------------------------------
+    def policy_logps(self, batch: dict, model: nn.Module | None = None) -> torch.Tensor:
+        """log pi(y | x) of every response in a collated batch, reshaped to [B, K]."""
+        logps = sequence_logps(model or self.policy, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        return logps.view(batch["win_rate"].shape)
+
+    @torch.no_grad()
+    def compute_ref_logps(self, rollouts: list[Rollout], pad_id: int) -> None:
+        """Fill ``ref_logps`` (log pi_t) of each rollout: the reference copy if held, else the policy itself."""
+        model = self.reference if self.reference is not None else self.policy
+        was_training = model.training
+        model.eval()
+        step = max(1, self.hparams.logps_batch_size // max(1, rollouts[0].k))
+        for s in range(0, len(rollouts), step):
+            group = rollouts[s : s + step]
+            batch = {k: v.to(self.device) for k, v in collate_rollouts(group, pad_id).items()}
+            logps = self.policy_logps(batch, model).float().cpu().tolist()
+            for r, lp in zip(group, logps):
+                r.ref_logps = lp
+        model.train(was_training)
+
+    def refresh_reference(self) -> None:
+        """pi_t <- current policy (only when a reference copy is held)."""
+        if self.reference is not None:
+            self.reference.load_state_dict(self.policy.state_dict())
+
+    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The policy's parameters under their Hugging Face names, one tensor at a time (for weight sync)."""
+        for name, p in self.policy.named_parameters():
+            yield name, p.detach()
+        if getattr(self.policy.config, "tie_word_embeddings", False):
+            # engines keep their own lm_head tensor even when the checkpoint ties it to the embedding
+            yield "lm_head.weight", self.policy.get_output_embeddings().weight.detach()
+
+    # ---- Lightning -----------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logps = self.policy_logps(batch)
+        out = self.loss_fn(logps, batch["ref_logps"], batch["win_rate"], batch["scores"])
+        n = batch["win_rate"].shape[0]
+        self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=n)
+        self.log("train/log_ratio", out.log_ratio, batch_size=n)
+        self.log("train/target", out.target, batch_size=n)
+        return out.loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        if self.val_generate is None:
+            raise RuntimeError("validation needs a generator: add the rollout callback (callbacks.rollout)")
+        return {"responses": self.val_generate(batch["prompt_ids"])}
+
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        opt = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+
+def load_policy(model_path: str, dtype: str = "float32", attn_implementation: str | None = None) -> nn.Module:
+    """A causal LM from a local directory (or hub name), dropout disabled: log-ratios must be deterministic."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": getattr(torch, dtype)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    return model.train()
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    ref = copy.deepcopy(model)
+    ref.requires_grad_(False)
+    ref.eval()
+    return ref

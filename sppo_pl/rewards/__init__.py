@@ -1,0 +1,1 @@
+"""Pure scoring and preference math used by the reward callbacks."""

@@ -1,0 +1,54 @@
+"""The engine protocol every rollout backend implements (vLLM, HF generate, or a user's)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample. ``n`` responses per prompt; ``temperature = 0`` means greedy."""
+
+    n: int = 4
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 256
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"rollout.n (samples per prompt) must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ValueError(f"rollout.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_tokens < 1:
+            raise ValueError(f"rollout.max_tokens must be >= 1, got {self.max_tokens}")
+
+    def greedy(self) -> SamplingConfig:
+        return SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_tokens=self.max_tokens)
+
+
+@dataclass
+class Generation:
+    """One prompt's responses: token ids (eos kept if generated) and decoded text (special tokens skipped)."""
+
+    token_ids: list[list[int]]
+    texts: list[str]
+    finish_reasons: list[str]
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """What the rollout callback needs from a generation backend."""
+
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
+        """Sample ``sampling.n`` responses for each prompt (token ids, no padding)."""
+        ...
+
+    def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load these (Hugging Face-named) parameters into the running engine, in place."""
+        ...

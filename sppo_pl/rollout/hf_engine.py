@@ -1,0 +1,98 @@
+"""Fallback engine: Hugging Face ``generate`` on the policy itself (``rollout=hf``).
+
+It samples from the very module being trained, so ``sync_weights`` has nothing to copy. Slower than vLLM
+(no paged attention, padded batches) but needs nothing beyond transformers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from sppo_pl.rollout.base import Generation, SamplingConfig
+
+
+class HFEngine:
+    """Generates with ``model.generate`` in left-padded batches of ``batch_size`` prompts."""
+
+    def __init__(self, model: Callable[[], torch.nn.Module] | torch.nn.Module, tokenizer, batch_size: int = 16):
+        self._model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_module(cls, module, batch_size: int = 16) -> HFEngine:
+        """Generate with the policy of a :class:`sppo_pl.module.SPPOModule` (its tokenizer from disk)."""
+        from transformers import AutoTokenizer
+
+        return cls(lambda: module.policy, AutoTokenizer.from_pretrained(module.hparams.model_path), batch_size)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._model() if callable(self._model) and not isinstance(self._model, torch.nn.Module) else self._model
+
+    def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Nothing to do: generation reads the policy's own parameters."""
+        for _ in named_tensors:
+            pass
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
+        model = self.model
+        was_training = model.training
+        model.eval()
+        out: list[Generation] = []
+        try:
+            for s in tqdm(range(0, len(prompt_ids), self.batch_size), desc="hf generate", leave=False):
+                out.extend(self._generate_batch(model, prompt_ids[s : s + self.batch_size], sampling))
+        finally:
+            model.train(was_training)
+        return out
+
+    def _generate_batch(self, model, batch: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
+        pad = self.tokenizer.pad_token_id
+        eos = _eos_ids(model, self.tokenizer)
+        width = max(len(p) for p in batch)
+        device = next(model.parameters()).device
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
+        greedy = sampling.temperature == 0
+        seqs = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p,
+            top_k=None if greedy else 0,
+            max_new_tokens=sampling.max_tokens,
+            num_return_sequences=sampling.n,
+            eos_token_id=eos,
+            pad_token_id=pad,
+        )[:, width:].tolist()
+        gens = []
+        for i in range(len(batch)):
+            rows = [_trim(r, eos, pad) for r in seqs[i * sampling.n : (i + 1) * sampling.n]]
+            gens.append(
+                Generation(
+                    token_ids=[r for r, _ in rows],
+                    texts=self.tokenizer.batch_decode([r for r, _ in rows], skip_special_tokens=True),
+                    finish_reasons=[f for _, f in rows],
+                )
+            )
+        return gens
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return [eos] if isinstance(eos, int) else list(eos)
+
+
+def _trim(row: list[int], eos: list[int], pad: int) -> tuple[list[int], str]:
+    """Cut a generated row after its first eos (kept, as vLLM keeps it); 'stop' or 'length'."""
+    for i, t in enumerate(row):
+        if t in eos:
+            return row[: i + 1], "stop"
+    return row, "length"

@@ -1,0 +1,1 @@
+"""Utilities: model fetching, FSDP helpers and weight streaming to the rollout engine."""

@@ -1,0 +1,88 @@
+"""A tiny randomly initialised Llama with a locally trained tokenizer, for smoke runs and tests.
+
+Nothing is downloaded: a byte-level BPE tokenizer is trained on generated arithmetic text, given a
+ChatML chat template, and saved beside a small ``LlamaForCausalLM`` (head size 64, which every vLLM
+attention backend supports). The directory is cached: a second call with the same arguments returns it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def build_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE tokenizer trained on arithmetic prompts and answers, with ChatML specials."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from sppo_pl.data.arithmetic import arithmetic_dataset
+
+    corpus = [f"{r['prompt']} The answer is \\boxed{{{r['answer']}}}." for r in arithmetic_dataset(500, seed=123)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus + ["user", "assistant", "system"], trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHATML,
+        model_max_length=1024,
+    )
+
+
+def build_tiny_model(
+    out: str | Path,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    max_position_embeddings: int = 1024,
+    seed: int = 0,
+) -> Path:
+    """Create (once) and return a directory holding a random tiny Llama and its tokenizer."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    out = Path(out)
+    spec = {"hidden": hidden_size, "layers": num_layers, "heads": num_heads, "ctx": max_position_embeddings, "seed": seed}
+    stamp = out / "sppo_tiny.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == spec:
+        return out
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "sppo_tiny.json").write_text(json.dumps(spec))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
