@@ -1,9 +1,9 @@
 """Train a language model with SPPO.
 
-    python train.py                                  # CPU default: SmolLM2-135M-Instruct on arithmetic
-    python train.py experiment=smoke                 # tiny random model, same real path, ~2 minutes
-    python train.py -m experiment=smoke loss.eta=1,10  # Hydra multirun
-    python train.py --cfg job                        # print the composed config
+python train.py                                  # CPU default: SmolLM2-135M-Instruct on arithmetic
+python train.py experiment=smoke                 # tiny random model, same real path, ~2 minutes
+python train.py -m experiment=smoke loss.eta=1,10  # Hydra multirun
+python train.py --cfg job                        # print the composed config
 """
 
 import hydra

@@ -32,7 +32,9 @@ class RolloutCallback(L.Callback):
     ):
         self.engine_factory = engine
         self.sampling = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig(**sampling)
-        self.val_sampling = SamplingConfig(n=1, temperature=0.0, max_tokens=val_max_tokens or self.sampling.max_tokens)
+        self.val_sampling = SamplingConfig(
+            n=1, temperature=0.0, max_tokens=val_max_tokens or self.sampling.max_tokens
+        )
         self.save_dir = Path(save_dir) if save_dir else None
         self.engine: RolloutEngine | None = None
         self._synced_step: int | None = None
@@ -76,7 +78,14 @@ class RolloutCallback(L.Callback):
         gens = self.engine.generate([p["prompt_ids"] for p in prompts], self.sampling)
         gen_s = time.perf_counter() - start
         rollouts = [
-            Rollout(p["prompt"], p["prompt_ids"], g.texts, g.token_ids, p["answer"], extra={"finish": g.finish_reasons})
+            Rollout(
+                p["prompt"],
+                p["prompt_ids"],
+                g.texts,
+                g.token_ids,
+                p["answer"],
+                extra={"finish": g.finish_reasons},
+            )
             for p, g in zip(prompts, gens)
         ]
         start = time.perf_counter()

@@ -43,8 +43,10 @@ def check_model_dir(cfg: DictConfig) -> None:
     if not cfg_file.exists():
         raise FileNotFoundError(f"model.path has no config.json: {path}")
     hf = json.loads(cfg_file.read_text())
-    ctx = hf.get("max_position_embeddings") or hf.get("n_positions") or hf.get("text_config", {}).get(
-        "max_position_embeddings"
+    ctx = (
+        hf.get("max_position_embeddings")
+        or hf.get("n_positions")
+        or hf.get("text_config", {}).get("max_position_embeddings")
     )
     need = cfg.model.max_prompt_len + cfg.model.max_response_len
     if ctx and need > ctx:

@@ -40,7 +40,11 @@ class SPPODataModule(L.LightningDataModule):
         self.dataset = dataset
         self.tokenizer = tokenizer
         self.prompt_key, self.answer_key, self.system_prompt = prompt_key, answer_key, system_prompt
-        self.prompts_per_epoch, self.batch_size, self.val_batch_size = prompts_per_epoch, batch_size, val_batch_size
+        self.prompts_per_epoch, self.batch_size, self.val_batch_size = (
+            prompts_per_epoch,
+            batch_size,
+            val_batch_size,
+        )
         self.max_prompt_len, self.max_val_prompts, self.seed = max_prompt_len, max_val_prompts, seed
         self.train_prompts: list[dict] = []
         self.val_prompts: list[dict] = []
@@ -59,24 +63,34 @@ class SPPODataModule(L.LightningDataModule):
             if split not in ds:
                 raise ValueError(f"data.dataset must provide a '{split}' split, got {list(ds)}")
         self.train_prompts = self._encode(ds["train"], "train")
-        val = ds["test"] if self.max_val_prompts is None else ds["test"].select(range(min(self.max_val_prompts, len(ds["test"]))))
+        val = (
+            ds["test"]
+            if self.max_val_prompts is None
+            else ds["test"].select(range(min(self.max_val_prompts, len(ds["test"]))))
+        )
         self.val_prompts = self._encode(val, "test")
 
     def _encode(self, split, name: str) -> list[dict]:
         if self.prompt_key not in split.column_names:
-            raise ValueError(f"data: split '{name}' has no prompt column '{self.prompt_key}' (columns: {split.column_names})")
+            raise ValueError(
+                f"data: split '{name}' has no prompt column '{self.prompt_key}' (columns: {split.column_names})"
+            )
         rows = []
         for i, row in enumerate(split):
             prompt = row[self.prompt_key]
             if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"data: split '{name}' row {i}: field '{self.prompt_key}' is empty or not text")
+                raise ValueError(
+                    f"data: split '{name}' row {i}: field '{self.prompt_key}' is empty or not text"
+                )
             ids = encode_prompt(self.tokenizer, prompt, self.system_prompt)
             if len(ids) > self.max_prompt_len:
                 raise ValueError(
                     f"data: split '{name}' row {i}: prompt is {len(ids)} tokens, above model.max_prompt_len={self.max_prompt_len}"
                 )
             answer = row.get(self.answer_key) if self.answer_key else None
-            rows.append({"prompt": prompt, "prompt_ids": ids, "answer": None if answer is None else str(answer)})
+            rows.append(
+                {"prompt": prompt, "prompt_ids": ids, "answer": None if answer is None else str(answer)}
+            )
         return rows
 
     def next_prompts(self, epoch: int) -> list[dict]:
@@ -98,7 +112,9 @@ class SPPODataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if not self.rollouts:
-            raise RuntimeError("no rollouts yet: the rollout callback (callbacks.rollout) must run before training")
+            raise RuntimeError(
+                "no rollouts yet: the rollout callback (callbacks.rollout) must run before training"
+            )
         pad = self.tokenizer.pad_token_id
         meta = {"rollout_epoch": self.rollout_epoch, "rollout_step": self.rollout_step}
         return DataLoader(
@@ -110,7 +126,9 @@ class SPPODataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_prompts, batch_size=self.val_batch_size, shuffle=False, collate_fn=_as_columns)
+        return DataLoader(
+            self.val_prompts, batch_size=self.val_batch_size, shuffle=False, collate_fn=_as_columns
+        )
 
 
 def encode_prompt(tokenizer, prompt: str, system_prompt: str | None = None) -> list[int]:
@@ -162,4 +180,3 @@ def collate_rollouts(rows: list[Rollout], pad_id: int) -> dict[str, torch.Tensor
         "win_rate": grid("win_rate"),
         "scores": grid("scores"),
     }
-

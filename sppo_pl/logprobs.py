@@ -35,7 +35,9 @@ def masked_sum(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask.to(values.dtype)).sum(-1)
 
 
-def sequence_logps(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor) -> Tensor:
+def sequence_logps(
+    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor
+) -> Tensor:
     """log pi(y | x) for each row, [N, P + R] ids/mask and [N, R] response mask -> [N] (float32).
 
     Prompt tokens and padding contribute nothing. The logits at column P - 1 + r predict response token r,

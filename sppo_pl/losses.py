@@ -65,7 +65,9 @@ class SPPOLoss(nn.Module):
         super().__init__()
         self.eta = _check_eta(eta)
 
-    def forward(self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor) -> LossOutput:
+    def forward(
+        self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor
+    ) -> LossOutput:
         log_ratio = policy_logps - ref_logps
         target = self.eta * (win_rate - 0.5)
         return _output((log_ratio - target) ** 2, log_ratio, target)
@@ -78,7 +80,9 @@ class SPPOPairLoss(SPPOLoss):
     lw, ll = log pi_theta - log pi_t of the winner / loser; P_hat_w, P_hat_l their win rates vs pi_t.
     """
 
-    def forward(self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor) -> LossOutput:
+    def forward(
+        self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor
+    ) -> LossOutput:
         w, l = best_worst(win_rate)
         log_ratio = policy_logps - ref_logps
         lw, ll = _take(log_ratio, w), _take(log_ratio, l)
@@ -100,7 +104,9 @@ class SPPOSingleLoss(SPPOLoss):
         super().__init__(eta)
         self.hard = hard
 
-    def forward(self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor) -> LossOutput:
+    def forward(
+        self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor
+    ) -> LossOutput:
         w, l = best_worst(win_rate)
         log_ratio = policy_logps - ref_logps
         lw, ll = _take(log_ratio, w), _take(log_ratio, l)
@@ -119,7 +125,9 @@ class SPPOHardLoss(SPPOLoss):
     Prompts whose K samples all tie carry no preference and are left out of the mean.
     """
 
-    def forward(self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor) -> LossOutput:
+    def forward(
+        self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor
+    ) -> LossOutput:
         w, l = best_worst(win_rate)
         log_ratio = policy_logps - ref_logps
         lw, ll = _take(log_ratio, w), _take(log_ratio, l)
@@ -156,7 +164,9 @@ class SPPOSoftMeanLoss(SPPOLoss):
         self.group = group
         self.requires_pairs = group == "prompt"
 
-    def forward(self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor) -> LossOutput:
+    def forward(
+        self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor
+    ) -> LossOutput:
         r = scores.to(policy_logps.dtype)
         if self.group == "prompt":
             centre = softmean(r, self.eta, dim=-1, keepdim=True)
@@ -182,7 +192,9 @@ class DPOLoss(nn.Module):
             raise ValueError(f"loss.beta must be a positive finite number, got {beta!r}")
         self.beta = float(beta)
 
-    def forward(self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor) -> LossOutput:
+    def forward(
+        self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor
+    ) -> LossOutput:
         w, l = best_worst(win_rate)
         log_ratio = policy_logps - ref_logps
         lw, ll = _take(log_ratio, w), _take(log_ratio, l)

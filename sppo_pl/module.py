@@ -29,7 +29,7 @@ class SPPOModule(L.LightningModule):
         self,
         model_path: str,
         loss: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer] = partial(torch.optim.AdamW, lr=1e-6),
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         reference: str = "precompute",
         dtype: str = "float32",
@@ -42,7 +42,8 @@ class SPPOModule(L.LightningModule):
             raise ValueError(f"module.reference must be 'precompute' or 'model', got {reference!r}")
         self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"])
         self.loss_fn = loss
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-6)
+        self.scheduler_factory = scheduler
         self.policy = load_policy(model_path, dtype, attn_implementation)
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
@@ -53,7 +54,9 @@ class SPPOModule(L.LightningModule):
     # ---- log-probs -----------------------------------------------------------------------------------
     def policy_logps(self, batch: dict, model: nn.Module | None = None) -> torch.Tensor:
         """log pi(y | x) of every response in a collated batch, reshaped to [B, K]."""
-        logps = sequence_logps(model or self.policy, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        logps = sequence_logps(
+            model or self.policy, batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+        )
         return logps.view(batch["win_rate"].shape)
 
     @torch.no_grad()
@@ -104,7 +107,10 @@ class SPPOModule(L.LightningModule):
         opt = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"},
+        }
 
 
 def load_policy(model_path: str, dtype: str = "float32", attn_implementation: str | None = None) -> nn.Module:

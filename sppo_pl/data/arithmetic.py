@@ -25,7 +25,9 @@ def _check(n: int, ops: Sequence[str], min_digits: int, max_digits: int) -> None
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if not 1 <= min_digits <= max_digits:
-        raise ValueError(f"need 1 <= min_digits <= max_digits, got min_digits={min_digits}, max_digits={max_digits}")
+        raise ValueError(
+            f"need 1 <= min_digits <= max_digits, got min_digits={min_digits}, max_digits={max_digits}"
+        )
     bad = [op for op in ops if op not in OPS]
     if bad or not ops:
         raise ValueError(f"ops must be a non-empty subset of {sorted(OPS)}, got {list(ops)}")
@@ -51,7 +53,9 @@ def arithmetic_dataset(
             rows.append(row)
             if len(rows) == n:
                 return Dataset.from_list(rows)
-    raise ValueError(f"could not draw {n} distinct problems with ops={list(ops)}, digits {min_digits}..{max_digits}")
+    raise ValueError(
+        f"could not draw {n} distinct problems with ops={list(ops)}, digits {min_digits}..{max_digits}"
+    )
 
 
 def arithmetic_splits(n_train: int, n_test: int, seed: int = 0, **kw):

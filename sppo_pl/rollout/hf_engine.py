@@ -17,7 +17,9 @@ from sppo_pl.rollout.base import Generation, SamplingConfig
 class HFEngine:
     """Generates with ``model.generate`` in left-padded batches of ``batch_size`` prompts."""
 
-    def __init__(self, model: Callable[[], torch.nn.Module] | torch.nn.Module, tokenizer, batch_size: int = 16):
+    def __init__(
+        self, model: Callable[[], torch.nn.Module] | torch.nn.Module, tokenizer, batch_size: int = 16
+    ):
         self._model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -27,11 +29,17 @@ class HFEngine:
         """Generate with the policy of a :class:`sppo_pl.module.SPPOModule` (its tokenizer from disk)."""
         from transformers import AutoTokenizer
 
-        return cls(lambda: module.policy, AutoTokenizer.from_pretrained(module.hparams.model_path), batch_size)
+        return cls(
+            lambda: module.policy, AutoTokenizer.from_pretrained(module.hparams.model_path), batch_size
+        )
 
     @property
     def model(self) -> torch.nn.Module:
-        return self._model() if callable(self._model) and not isinstance(self._model, torch.nn.Module) else self._model
+        return (
+            self._model()
+            if callable(self._model) and not isinstance(self._model, torch.nn.Module)
+            else self._model
+        )
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Nothing to do: generation reads the policy's own parameters."""

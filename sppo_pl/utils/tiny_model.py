@@ -26,7 +26,9 @@ def build_tokenizer(vocab_size: int = 512):
 
     from sppo_pl.data.arithmetic import arithmetic_dataset
 
-    corpus = [f"{r['prompt']} The answer is \\boxed{{{r['answer']}}}." for r in arithmetic_dataset(500, seed=123)]
+    corpus = [
+        f"{r['prompt']} The answer is \\boxed{{{r['answer']}}}." for r in arithmetic_dataset(500, seed=123)
+    ]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -50,6 +52,7 @@ def build_tiny_model(
     num_layers: int = 2,
     num_heads: int = 2,
     max_position_embeddings: int = 1024,
+    initializer_range: float = 0.2,
     seed: int = 0,
 ) -> Path:
     """Create (once) and return a directory holding a random tiny Llama and its tokenizer."""
@@ -57,7 +60,14 @@ def build_tiny_model(
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     out = Path(out)
-    spec = {"hidden": hidden_size, "layers": num_layers, "heads": num_heads, "ctx": max_position_embeddings, "seed": seed}
+    spec = {
+        "hidden": hidden_size,
+        "layers": num_layers,
+        "heads": num_heads,
+        "ctx": max_position_embeddings,
+        "seed": seed,
+    }
+    spec["init"] = initializer_range
     stamp = out / "sppo_tiny.json"
     if stamp.exists() and json.loads(stamp.read_text()) == spec:
         return out
@@ -71,13 +81,16 @@ def build_tiny_model(
         num_key_value_heads=num_heads,
         max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=True,
+        initializer_range=initializer_range,  # large enough that greedy decoding has clear winners
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     model.save_pretrained(tmp)

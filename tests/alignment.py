@@ -1,0 +1,31 @@
+"""A test-only callback: fails the run unless every epoch trains on rollouts from that epoch's policy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+
+
+class RolloutAlignmentCheck(L.Callback):
+    def __init__(self, record: str):
+        self.record = Path(record)
+        self.seen: list[dict] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.epoch_start_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        row = {
+            "epoch": trainer.current_epoch,
+            "rollout_epoch": batch["rollout_epoch"],
+            "rollout_step": batch["rollout_step"],
+            "epoch_start_step": self.epoch_start_step,
+        }
+        self.seen.append(row)
+        if row["rollout_epoch"] != row["epoch"] or row["rollout_step"] != row["epoch_start_step"]:
+            raise AssertionError(f"epoch {row['epoch']} trained on stale rollouts: {row}")
+
+    def on_fit_end(self, trainer, pl_module):
+        self.record.write_text(json.dumps(self.seen))
