@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from sppo_pl.rewards.math import correctness_scores, is_correct, last_boxed
 
 
-def test_last_boxed():
-    assert last_boxed("a \\boxed{1} then \\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
-    assert last_boxed("no box here") is None
-    assert last_boxed("\\boxed{12") is None
+@pytest.mark.parametrize(
+    ("text", "content"),
+    [
+        ("so \\boxed{71}.", "71"),
+        ("a \\boxed{1} then \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),  # the last box, nested braces
+        ("\\boxed{\\sqrt{\\frac{a}{b}} + {c}}", "\\sqrt{\\frac{a}{b}} + {c}"),
+        ("spaced \\boxed {7}", "7"),
+        ("empty \\boxed{}", ""),
+        ("no box here", None),
+        ("", None),
+        ("\\boxed{12", None),  # truncated: never closed
+        ("\\boxed{3} and then \\boxed{4", None),  # the last box is the unfinished one
+    ],
+)
+def test_last_boxed(text, content):
+    assert last_boxed(text) == content
 
 
 @pytest.mark.parametrize(
@@ -20,19 +35,65 @@ def test_last_boxed():
         ("\\boxed{70}", "71", False),
         ("The result is \\boxed{-12}", "-12", True),
         ("\\boxed{12}", "-12", False),
+        ("\\boxed{-12}", "12", False),
         ("\\boxed{1,234}", "1234", True),
+        ("\\boxed{1234}", "1,234", True),
+        ("\\boxed{1{,}234}", "1234", True),
+        ("\\boxed{1\\,234}", "1234", True),  # thin-space thousands (math-verify alone reads 1 + 234)
+        ("\\boxed{1,234,567}", "1234567", True),
         ("\\boxed{12.0}", "12", True),
+        ("\\boxed{12.5}", "12", False),
+        ("\\boxed{\\frac{1}{2}}", "0.5", True),
+        ("\\boxed{x = 5}", "5", True),
+        ("\\boxed{100000001}", "100000000", False),  # no float rounding of large integers
         ("first \\boxed{3} then corrected \\boxed{4}", "4", True),
-        ("The answer is 42", "42", True),
+        ("first \\boxed{3} then corrected \\boxed{4}", "3", False),
+        ("The answer is 42", "42", True),  # no box: math-verify's own extraction
+        ("The answer is 41", "42", False),
         ("The answer is \\boxed{}.", "5", False),
         ("", "3", False),
         ("\\boxed{", "3", False),
         ("gibberish }{ \\frac{", "3", False),
+        ("\\boxed{\\frac{}{", "3", False),
+        ("\\boxed{9^{9^{9^{9}}}}", "5", False),  # would make sympy run for ever
+        ("\\boxed{e^{x^2}}", "e^{x^{2}}", True),  # a symbolic exponent is not a numeric tower
     ],
 )
 def test_is_correct(response, answer, ok):
     assert is_correct(response, answer) is ok
 
 
+def test_is_correct_never_raises_on_odd_input():
+    assert is_correct(None, "3") is False  # type: ignore[arg-type]
+    assert is_correct("\\boxed{3}", 3) is True  # type: ignore[arg-type]
+    assert is_correct("\\boxed{3}", "") is False
+
+
+def test_explosive_answers_are_rejected_quickly():
+    start = time.perf_counter()
+    for text in ["\\boxed{9^{9^{9^{9}}}}", "\\boxed{2^{99999999}}", "\\boxed{\\binom{10^{9}}{10^{5}}}"]:
+        assert is_correct(text, "5") is False
+    assert time.perf_counter() - start < 2
+
+
+def test_works_outside_the_main_thread():
+    """math-verify's signal timeouts only work on the main thread; ours must not depend on them."""
+    results: list[object] = []
+
+    def check():
+        try:
+            results.append([is_correct("\\boxed{71}", "71"), is_correct("\\boxed{70}", "71")])
+        except Exception as e:  # pragma: no cover - the failure being tested for
+            results.append(e)
+
+    worker = threading.Thread(target=check)
+    worker.start()
+    worker.join(timeout=60)
+    assert results == [[True, False]]
+
+
 def test_correctness_scores():
-    assert correctness_scores(["\\boxed{2}", "\\boxed{3}"], ["2", "2"]) == [1.0, 0.0]
+    assert correctness_scores(["\\boxed{2}", "\\boxed{3}", ""], ["2", "2", "2"]) == [1.0, 0.0, 0.0]
+    assert correctness_scores([], []) == []
+    with pytest.raises(ValueError, match="2 responses but 1 answers"):
+        correctness_scores(["a", "b"], ["1"])

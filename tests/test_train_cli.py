@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 def run_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SPPO_MODELS_DIR": str(tmp_path / "models"), "WANDB_MODE": "offline"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}  # as a user with no W&B account
+    env["SPPO_MODELS_DIR"] = str(tmp_path / "models")
     flags = [o for o in overrides if o.startswith("-")]
     rest = [o for o in overrides if not o.startswith("-")]
     cmd = [sys.executable, "train.py", *flags, f"paths.log_dir={tmp_path / 'outputs'}", *rest]
@@ -89,10 +90,18 @@ def test_multirun_sweep_runs_two_jobs_in_their_own_directories(tmp_path):
     assert all((j / "metrics.csv").exists() and (j / "rollouts/epoch_0.jsonl").exists() for j in jobs)
 
 
-def test_hf_rollout_engine_runs_the_same_loop(tmp_path):
-    run_train(tmp_path, "experiment=smoke", "rollout=hf", "trainer.max_epochs=1", "task_name=smoke_hf")
+def test_hf_rollout_engine_and_wandb_logger_without_an_account(tmp_path):
+    run_train(
+        tmp_path,
+        "experiment=smoke",
+        "rollout=hf",
+        "logger=wandb",
+        "trainer.max_epochs=1",
+        "task_name=smoke_hf",
+    )
     run = only_run_dir(tmp_path, "smoke_hf")
     assert (run / "rollouts/epoch_0.jsonl").exists() and (run / "metrics.csv").exists()
+    assert list((run / "wandb").glob("offline-run-*")), "W&B should log offline when no API key is set"
 
 
 def test_print_config(tmp_path):

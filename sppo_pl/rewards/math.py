@@ -1,34 +1,95 @@
-"""Answer checking for math-style tasks, through math-verify (parse + verify)."""
+"""Answer checking for math-style tasks through math-verify (``parse`` + ``verify``).
+
+The response's final answer is the content of its last ``\\boxed{...}``; without one, math-verify's default
+extraction (LaTeX, then plain expressions) reads the whole response. math-verify is imported lazily so that
+importing this module stays cheap.
+
+Timeouts: math-verify bounds parsing and comparison with ``signal.alarm``, which only works on the main
+thread. There we keep its timeouts; in any other thread they are switched off (``parsing_timeout=None``,
+``timeout_seconds=None``). Either way, final answers whose evaluation could explode (power towers such as
+``9^{9^{9^9}}``, which make sympy run for ever, exponents >= 10^6, binomials of powers) count as wrong
+without being parsed, so a sampled answer can neither hang a worker thread nor stall the main one.
+"""
 
 from __future__ import annotations
 
+import logging
+import re
+import threading
+
+TIMEOUT_S = 5  # math-verify's default, per parse / comparison, on the main thread
+
+_BOXED = re.compile(r"\\boxed\s*\{")
+# "1\,234", "1~234", "1 234": a digit, a thin space / tie / space, then a three-digit group.
+_DIGIT_GROUP_SEP = re.compile(r"(?<=\d)(?:\\[,!; ]|~|\s)(?=\d{3}(?!\d))")
+# Numeric power towers (x^{9^9}, x^9^9, x**9**9), exponents >= 10^6, binomials of powers: sympy may never
+# finish evaluating them. Symbolic exponents such as e^{x^2} are left alone.
+_EXPLOSIVE = re.compile(
+    r"\^\s*\{\s*\d+\s*\^|\^\s*\d+\s*\^|\*\*\s*\d+\s*\*\*|\^\s*\{?\s*\d{7,}|\\binom\s*\{[^{}]*\^"
+)
+
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` in ``text`` (nested braces handled), or None."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
+    """Content of the last ``\\boxed{...}`` in ``text`` with nested braces handled, or None.
+
+    None also when the last ``\\boxed{`` is never closed (a truncated response), as verl's extractor does.
+    """
+    starts = [m.end() for m in _BOXED.finditer(text)]
+    if not starts:
         return None
-    i, depth = start + len("\\boxed{"), 1
-    for j in range(i, len(text)):
+    depth = 1
+    for j in range(starts[-1], len(text)):
         depth += {"{": 1, "}": -1}.get(text[j], 0)
         if depth == 0:
-            return text[i:j]
+            return text[starts[-1] : j]
     return None
 
 
+def _normalize(answer: str) -> str:
+    """Drop digit-group separators math-verify misreads ("1\\,234" would parse as the mixed number 1 + 234)."""
+    return _DIGIT_GROUP_SEP.sub("", answer.strip())
+
+
+def _timeout() -> int | None:
+    """math-verify's signal-based timeout only works on the main thread: None (off) elsewhere."""
+    return TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+
+
+def _parse(text: str, timeout: int | None) -> list:
+    from math_verify import parse
+
+    return parse(text, parsing_timeout=timeout)
+
+
+def _final_answer_text(response: str) -> str:
+    """The text handed to math-verify: ``$<last boxed>$`` if there is a box, else the whole response."""
+    boxed = last_boxed(response)
+    return response if boxed is None else f"${_normalize(boxed)}$"
+
+
 def is_correct(response: str, answer: str) -> bool:
-    """True iff the response's final answer (its last \\boxed{}, else math-verify's extraction) equals ``answer``."""
-    from math_verify import parse, verify
+    """True iff math-verify finds the response's final answer equal to the gold ``answer``; never raises.
+
+    The gold answer is parsed as LaTeX math (``$answer$``). Negative numbers, "1,234"-style thousands and
+    "12.0" == "12" are handled by math-verify; empty or unparseable responses are simply wrong.
+    """
+    from math_verify import verify
 
     try:
-        boxed = last_boxed(response)
-        pred = parse(f"${boxed}$" if boxed is not None else response, parsing_timeout=None)
-        gold = parse(f"${answer}$", parsing_timeout=None)
-        return bool(pred) and bool(verify(gold, pred, timeout_seconds=None))
+        timeout = _timeout()
+        text = _final_answer_text(response)
+        if _EXPLOSIVE.search(text):
+            return False
+        pred = _parse(text, timeout)
+        gold = _parse(f"${_normalize(str(answer))}$", timeout)
+        return bool(pred) and bool(gold) and bool(verify(gold, pred, timeout_seconds=timeout))
     except Exception:
+        logging.getLogger(__name__).debug("answer check failed", exc_info=True)
         return False
 
 
 def correctness_scores(responses: list[str], answers: list[str]) -> list[float]:
-    """1.0 / 0.0 per response."""
+    """1.0 where the response is correct (:func:`is_correct`), else 0.0; one per (response, answer) pair."""
+    if len(responses) != len(answers):
+        raise ValueError(f"got {len(responses)} responses but {len(answers)} answers")
     return [1.0 if is_correct(r, a) else 0.0 for r, a in zip(responses, answers)]
