@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -79,12 +80,7 @@ def test_multirun_sweep_runs_two_jobs_in_their_own_directories(tmp_path):
     (sweep,) = (tmp_path / "outputs" / "smoke" / "multiruns").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in jobs] == ["0", "1"]
-    etas = [
-        json.loads(json.dumps(__import__("yaml").safe_load((j / "config_resolved.yaml").read_text())))[
-            "loss"
-        ]["eta"]
-        for j in jobs
-    ]
+    etas = [yaml.safe_load((j / "config_resolved.yaml").read_text())["loss"]["eta"] for j in jobs]
     assert etas == [1.0, 10.0]
     assert all((j / "metrics.csv").exists() and (j / "rollouts/epoch_0.jsonl").exists() for j in jobs)
 
