@@ -66,12 +66,22 @@ class RewardCallback(L.Callback):
 
 
 class MathReward(RewardCallback):
-    """Rule-based verifier: 1 if the response's final (\\boxed{}) answer equals the gold answer, else 0.
+    """Rule-based verifier: 1 if the response's final answer equals the gold answer, else 0.
 
+    The final answer is the last ``\\boxed{}``; without one, ``fallback`` decides ("last_number", "math_verify"
+    or "none", see :func:`sppo_pl.rewards.math.is_correct`); ``numeric=True`` accepts only number literals.
     Equivalence is decided by math-verify. Preferences are hard: P(y_i > y_j) = 1{s_i > s_j} + 1/2 1{s_i = s_j}.
     """
 
     is_verifier = True
+
+    def __init__(self, fallback: str = "last_number", numeric: bool = False, include_self: bool = True):
+        from sppo_pl.rewards.math import FALLBACKS
+
+        if fallback not in FALLBACKS:
+            raise ValueError(f"reward.fallback must be one of {FALLBACKS}, got {fallback!r}")
+        super().__init__(include_self)
+        self.fallback, self.numeric = fallback, numeric
 
     def score(self, prompts, responses, answers):
         from sppo_pl.rewards.math import correctness_scores
@@ -79,7 +89,7 @@ class MathReward(RewardCallback):
         missing = [i for i, a in enumerate(answers) if a is None]
         if missing:
             raise ValueError(f"reward=math needs an answer for every prompt; row {missing[0]} has none")
-        return correctness_scores(responses, answers)
+        return correctness_scores(responses, answers, self.fallback, self.numeric)
 
     def preferences(self, scores):
         return hard_preference(scores)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -69,11 +68,9 @@ def test_is_correct_never_raises_on_odd_input():
     assert is_correct("\\boxed{3}", "") is False
 
 
-def test_explosive_answers_are_rejected_quickly():
-    start = time.perf_counter()
+def test_explosive_answers_are_rejected():
     for text in ["\\boxed{9^{9^{9^{9}}}}", "\\boxed{2^{99999999}}", "\\boxed{\\binom{10^{9}}{10^{5}}}"]:
         assert is_correct(text, "5") is False
-    assert time.perf_counter() - start < 2
 
 
 def test_works_outside_the_main_thread():
@@ -97,3 +94,42 @@ def test_correctness_scores():
     assert correctness_scores([], []) == []
     with pytest.raises(ValueError, match="2 responses but 1 answers"):
         correctness_scores(["a", "b"], ["1"])
+
+
+@pytest.mark.parametrize(
+    ("response", "answer", "ok"),
+    [
+        # restating the question is not an answer: math-verify's whole-response extraction would read the
+        # expression "200 - 90" as 110, the last number is 10
+        ("The final answer is 200 - 90 = 10.", "110", False),
+        ("356 * 378 = 123400.", "134568", False),
+        ("What is 92 - 41", "51", False),
+        ("so 23+48 = 71", "71", True),
+        ("99 - 447 = -348", "-348", True),
+        ("The answer is 1,234.", "1234", True),
+        ("no number at all", "3", False),
+        ("\\boxed{5} and later 7", "5", True),  # a box wins over later numbers
+    ],
+)
+def test_last_number_fallback(response, answer, ok):
+    assert is_correct(response, answer, fallback="last_number") is ok
+
+
+@pytest.mark.parametrize(
+    ("response", "ok"),
+    [
+        ("\\boxed{134568}", True),
+        ("\\boxed{134,568}", True),
+        ("\\boxed{356 * 378}", False),
+        ("\\boxed{x = 134568}", False),
+    ],
+)
+def test_numeric_only_rejects_unevaluated_expressions(response, ok):
+    assert is_correct(response, "134568", fallback="none", numeric=True) is ok
+    assert is_correct("\\boxed{356 * 378}", "134568") is True  # what numeric=True guards against
+
+
+def test_no_fallback_needs_a_box():
+    assert is_correct("The answer is 42", "42", fallback="none") is False
+    with pytest.raises(ValueError, match="fallback must be one of"):
+        is_correct("42", "42", fallback="guess")

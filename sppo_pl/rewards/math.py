@@ -61,23 +61,46 @@ def _parse(text: str, timeout: int | None) -> list:
     return parse(text, parsing_timeout=timeout)
 
 
-def _final_answer_text(response: str) -> str:
-    """The text handed to math-verify: ``$<last boxed>$`` if there is a box, else the whole response."""
+FALLBACKS = ("math_verify", "last_number", "none")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_NUMERIC_LITERAL = re.compile(r"\$?-?\d[\d,]*(?:\.\d+)?\$?")
+
+
+def _final_answer_text(response: str, fallback: str = "math_verify") -> str | None:
+    """The text handed to math-verify: ``$<last boxed>$`` if there is a box; otherwise, by ``fallback``,
+    the whole response (math-verify's own extraction), ``$<last number in the text>$``, or None.
+
+    ``last_number`` is the flexible extraction of GSM8K-style scorers; unlike math-verify's extraction of a
+    whole response, a response that merely restates the question ("200 - 90 = 10") cannot be read as the
+    expression's value.
+    """
     boxed = last_boxed(response)
-    return response if boxed is None else f"${_normalize(boxed)}$"
+    if boxed is not None:
+        return f"${_normalize(boxed)}$"
+    if fallback == "math_verify":
+        return response
+    numbers = _NUMBER.findall(response) if fallback == "last_number" else []
+    return f"${numbers[-1]}$" if numbers else None
 
 
-def is_correct(response: str, answer: str) -> bool:
+def is_correct(response: str, answer: str, fallback: str = "math_verify", numeric: bool = False) -> bool:
     """True iff math-verify finds the response's final answer equal to the gold ``answer``; never raises.
 
-    The gold answer is parsed as LaTeX math (``$answer$``). Negative numbers, "1,234"-style thousands and
-    "12.0" == "12" are handled by math-verify; empty or unparseable responses are simply wrong.
+    The final answer is the last ``\\boxed{}``, else what ``fallback`` (one of :data:`FALLBACKS`) finds.
+    ``numeric=True`` also requires it to be a number literal, so that an unevaluated expression such as
+    ``\\boxed{356 * 378}`` does not count as the product (arithmetic tasks). The gold answer is parsed as
+    LaTeX math (``$answer$``). Negative numbers, "1,234"-style thousands and "12.0" == "12" are handled by
+    math-verify; empty or unparseable responses are simply wrong.
     """
     from math_verify import verify
 
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
     try:
         timeout = _timeout()
-        text = _final_answer_text(response)
+        text = _final_answer_text(response, fallback)
+        if text is None or (numeric and not _NUMERIC_LITERAL.fullmatch(text.replace(" ", ""))):
+            return False
         if _EXPLOSIVE.search(text):
             return False
         pred = _parse(text, timeout)
@@ -88,8 +111,10 @@ def is_correct(response: str, answer: str) -> bool:
         return False
 
 
-def correctness_scores(responses: list[str], answers: list[str]) -> list[float]:
+def correctness_scores(
+    responses: list[str], answers: list[str], fallback: str = "math_verify", numeric: bool = False
+) -> list[float]:
     """1.0 where the response is correct (:func:`is_correct`), else 0.0; one per (response, answer) pair."""
     if len(responses) != len(answers):
         raise ValueError(f"got {len(responses)} responses but {len(answers)} answers")
-    return [1.0 if is_correct(r, a) else 0.0 for r, a in zip(responses, answers)]
+    return [1.0 if is_correct(r, a, fallback, numeric) else 0.0 for r, a in zip(responses, answers)]
