@@ -1,10 +1,12 @@
-"""When rollouts happen: before the first epoch and at every epoch boundary, from the current policy.
+"""When rollouts happen: before each epoch's dataloader is built, from the policy as it stands then.
 
-Lightning rebuilds the train dataloader *before* ``on_train_epoch_start``, so the rollouts for epoch k are
-produced at the end of epoch k - 1 (``on_train_epoch_end``), or in ``on_fit_start`` for the first epoch:
-epoch k always trains on samples from the policy as it stood at the start of epoch k. Before each
-generation, and before validation, the policy's current weights are pushed into the running engine in
-place (once per optimizer state: a sync is skipped when the policy has not changed since the last one).
+Lightning builds the train dataloader *before* ``on_train_epoch_start``. Rollouts for epoch k + 1 are
+therefore made at the end of epoch k (``on_train_epoch_end``, before the epoch's checkpoint is written, so a
+checkpoint carries the rollouts its next epoch trains on), and the data module asks for them itself when it
+holds none for the epoch at hand (the first epoch, or a resume from a checkpoint without them). Either way
+epoch k trains on samples from the policy as it stood at the start of epoch k. Before each generation, and
+before validation, the policy's current weights are pushed into the running engine in place (once per
+optimizer step: a sync is skipped when the policy has not changed since the last one).
 """
 
 from __future__ import annotations
@@ -46,10 +48,7 @@ class RolloutCallback(L.Callback):
         if self.engine is None:
             self.engine = self.engine_factory(pl_module)
         pl_module.val_generate = lambda ids: self._greedy(trainer, pl_module, ids)
-
-    def on_fit_start(self, trainer, pl_module):
-        if trainer.datamodule.rollout_epoch != trainer.current_epoch:
-            self.rollout(trainer, pl_module, trainer.current_epoch)
+        trainer.datamodule.rollout_provider = lambda epoch: self.rollout(trainer, pl_module, epoch)
 
     def on_train_epoch_end(self, trainer, pl_module):
         nxt = trainer.current_epoch + 1

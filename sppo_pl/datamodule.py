@@ -9,6 +9,8 @@ with ``reload_dataloaders_every_n_epochs=1`` Lightning rebuilds :meth:`train_dat
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from dataclasses import asdict
 from functools import lru_cache
 from typing import Any
 
@@ -51,6 +53,8 @@ class SPPODataModule(L.LightningDataModule):
         self.rollouts: list[Rollout] = []
         self.rollout_epoch = -1
         self.rollout_step = -1
+        # set by the rollout callback: makes (and hands back through set_rollouts) the rollouts of an epoch
+        self.rollout_provider: Callable[[int], object] | None = None
 
     # ---- prompts -------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -110,7 +114,23 @@ class SPPODataModule(L.LightningDataModule):
             raise ValueError(f"every prompt needs the same number of samples, got {sorted(ks)}")
         self.rollouts, self.rollout_epoch, self.rollout_step = rollouts, epoch, step
 
+    def state_dict(self) -> dict:
+        """Saved in Lightning checkpoints: a resumed run trains on the very rollouts it had, not new ones."""
+        return {
+            "rollouts": [asdict(r) for r in self.rollouts],
+            "rollout_epoch": self.rollout_epoch,
+            "rollout_step": self.rollout_step,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rollouts = [Rollout(**r) for r in state.get("rollouts", [])]
+        self.rollout_epoch = state.get("rollout_epoch", -1)
+        self.rollout_step = state.get("rollout_step", -1)
+
     def train_dataloader(self) -> DataLoader:
+        epoch = _epoch_to_train(self.trainer) if self.trainer is not None else max(self.rollout_epoch, 0)
+        if self.rollout_epoch != epoch and self.rollout_provider is not None:
+            self.rollout_provider(epoch)
         if not self.rollouts:
             raise RuntimeError(
                 "no rollouts yet: the rollout callback (callbacks.rollout) must run before training"
@@ -129,6 +149,12 @@ class SPPODataModule(L.LightningDataModule):
         return DataLoader(
             self.val_prompts, batch_size=self.val_batch_size, shuffle=False, collate_fn=_as_columns
         )
+
+
+def _epoch_to_train(trainer) -> int:
+    """The epoch the next training pass belongs to. On a resume, Lightning first builds the dataloader
+    before its loop has counted the checkpoint's finished epoch as completed (it has as processed)."""
+    return max(trainer.current_epoch, trainer.fit_loop.epoch_progress.current.processed)
 
 
 def encode_prompt(tokenizer, prompt: str, system_prompt: str | None = None) -> list[int]:

@@ -52,7 +52,7 @@ def train(cfg: DictConfig) -> float | None:
     module, datamodule, trainer = build(cfg)
     if cfg.get("validate_before_training") and not cfg.get("ckpt_path"):
         trainer.validate(module, datamodule=datamodule, verbose=False)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_ckpt(cfg, out))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=_ckpt(cfg))
     table = val_table(out / "metrics.csv")
     if table:
         print(format_table(table))
@@ -60,10 +60,8 @@ def train(cfg: DictConfig) -> float | None:
     return None if metric is None else float(metric)
 
 
-def _ckpt(cfg: DictConfig, out: Path) -> str | None:
+def _ckpt(cfg: DictConfig) -> str | None:
     path = cfg.get("ckpt_path")
-    if path == "last":
-        path = out / "checkpoints" / "last.ckpt"
     if path and not Path(path).exists():
         raise FileNotFoundError(f"ckpt_path does not exist: {path}")
     return None if path is None else str(path)

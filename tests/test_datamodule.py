@@ -82,3 +82,12 @@ def test_train_dataloader_needs_rollouts(tiny_tokenizer):
         dm.train_dataloader()
     with pytest.raises(ValueError, match="same number of samples"):
         dm.set_rollouts([Rollout("a", [1], ["", ""], [[2], [3]]), Rollout("b", [1], [""], [[2]])], 0, 0)
+
+
+def test_rollouts_survive_a_checkpoint_round_trip(tiny_tokenizer):
+    dm = _dm(tiny_tokenizer, ["What is 1 + 1?"])
+    rollouts = [Rollout("a", [1], ["x", "y"], [[2], [3]], "2", [1.0, 0.0], [0.75, 0.25], [-1.0, -2.0])]
+    dm.set_rollouts(rollouts, epoch=3, step=24)
+    other = _dm(tiny_tokenizer, ["What is 1 + 1?"])
+    other.load_state_dict(dm.state_dict())
+    assert other.rollouts == rollouts and (other.rollout_epoch, other.rollout_step) == (3, 24)

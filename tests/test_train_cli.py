@@ -75,6 +75,27 @@ def test_two_epoch_smoke_run_writes_every_artifact_and_trains_on_fresh_rollouts(
     assert "| iteration | val/acc" in proc.stdout
 
 
+def test_resume_trains_on_the_checkpointed_rollouts(tmp_path):
+    run_train(tmp_path, "experiment=smoke", "callbacks.model_checkpoint.save_top_k=-1", "task_name=first")
+    first = only_run_dir(tmp_path, "first")
+    ckpt = first / "checkpoints" / "epoch_00.ckpt"
+    assert ckpt.exists() and (first / "rollouts/epoch_1.jsonl").exists()
+    record = tmp_path / "alignment.json"
+    run_train(
+        tmp_path,
+        "experiment=smoke",
+        f"ckpt_path={ckpt}",
+        "task_name=resumed",
+        "+callbacks.alignment._target_=tests.alignment.RolloutAlignmentCheck",
+        f"+callbacks.alignment.record={record}",
+    )
+    resumed = only_run_dir(tmp_path, "resumed")
+    # epoch 1's rollouts came back with the checkpoint: none were sampled again
+    assert not (resumed / "rollouts").exists()
+    seen = json.loads(record.read_text())
+    assert seen and {r["epoch"] for r in seen} == {1} and all(r["rollout_epoch"] == 1 for r in seen)
+
+
 def test_multirun_sweep_runs_two_jobs_in_their_own_directories(tmp_path):
     run_train(tmp_path, "-m", "experiment=smoke", "loss.eta=1,10", "trainer.max_epochs=1")
     (sweep,) = (tmp_path / "outputs" / "smoke" / "multiruns").iterdir()
