@@ -76,12 +76,10 @@ class MathReward(RewardCallback):
     is_verifier = True
 
     def __init__(self, fallback: str = "last_number", numeric: bool = False, include_self: bool = True):
-        from sppo_pl.rewards.math import FALLBACKS
+        from sppo_pl.rewards.math import check_fallback
 
-        if fallback not in FALLBACKS:
-            raise ValueError(f"reward.fallback must be one of {FALLBACKS}, got {fallback!r}")
         super().__init__(include_self)
-        self.fallback, self.numeric = fallback, numeric
+        self.fallback, self.numeric = check_fallback(fallback, "reward.fallback"), numeric
 
     def score(self, prompts, responses, answers):
         from sppo_pl.rewards.math import correctness_scores

@@ -41,7 +41,6 @@ class RolloutCallback(L.Callback):
         self.engine: RolloutEngine | None = None
         self._synced_step: int | None = None
         self._last_sync_s = 0.0
-        self.last_metrics: dict[str, float] = {}
 
     # ---- hooks ---------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage):
@@ -102,13 +101,13 @@ class RolloutCallback(L.Callback):
         dm.set_rollouts(rollouts, epoch, trainer.global_step)
         self._save(rollouts, epoch, trainer.global_step)
         n_tokens = sum(len(t) for g in gens for t in g.token_ids)
-        self.last_metrics = rollout_metrics(rollouts, gen_s, sync_s, n_tokens) | {
+        metrics = rollout_metrics(rollouts, gen_s, sync_s, n_tokens) | {
             "rollout/score_s": score_s,
             "rollout/ref_logps_s": logp_s,
             "rollout/iteration": float(epoch),
         }
         for logger in trainer.loggers:
-            logger.log_metrics(self.last_metrics, step=trainer.global_step)
+            logger.log_metrics(metrics, step=trainer.global_step)
         return rollouts
 
     def _save(self, rollouts: list[Rollout], epoch: int, step: int) -> None:

@@ -1,8 +1,8 @@
 """Answer checking for math-style tasks through math-verify (``parse`` + ``verify``).
 
-The response's final answer is the content of its last ``\\boxed{...}``; without one, math-verify's default
-extraction (LaTeX, then plain expressions) reads the whole response. math-verify is imported lazily so that
-importing this module stays cheap.
+The response's final answer is the content of its last ``\\boxed{...}``; without one, the ``fallback`` of
+:func:`is_correct` decides: math-verify's own extraction of the whole response, the last number in the text,
+or nothing. math-verify is imported lazily so that importing this module stays cheap.
 
 Timeouts: math-verify bounds parsing and comparison with ``signal.alarm``, which only works on the main
 thread. There we keep its timeouts; in any other thread they are switched off (``parsing_timeout=None``,
@@ -62,8 +62,16 @@ def _parse(text: str, timeout: int | None) -> list:
 
 
 FALLBACKS = ("math_verify", "last_number", "none")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-_NUMERIC_LITERAL = re.compile(r"\$?-?\d[\d,]*(?:\.\d+)?\$?")
+_NUMBER_PATTERN = r"-?\d[\d,]*(?:\.\d+)?"
+_NUMBER = re.compile(_NUMBER_PATTERN)
+_NUMERIC_LITERAL = re.compile(rf"\$?{_NUMBER_PATTERN}\$?")
+
+
+def check_fallback(fallback: str, field: str = "fallback") -> str:
+    """``fallback`` if it is one of :data:`FALLBACKS`, else a ValueError naming ``field``."""
+    if fallback not in FALLBACKS:
+        raise ValueError(f"{field} must be one of {FALLBACKS}, got {fallback!r}")
+    return fallback
 
 
 def _final_answer_text(response: str, fallback: str = "math_verify") -> str | None:
@@ -94,8 +102,7 @@ def is_correct(response: str, answer: str, fallback: str = "math_verify", numeri
     """
     from math_verify import verify
 
-    if fallback not in FALLBACKS:
-        raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+    check_fallback(fallback)
     try:
         timeout = _timeout()
         text = _final_answer_text(response, fallback)
