@@ -46,9 +46,12 @@ class RewardCallback(L.Callback):
             r.win_rate = win_rate(pref, include_self=self.include_self).tolist()
 
     # ---- validation ----------------------------------------------------------------------------------
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self.val_reward.to(pl_module.device)  # synced across ranks at compute(), on the collective's device
+
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         scores = self.score(batch["prompt"], outputs["responses"], batch["answer"])
-        self.val_reward.update(torch.tensor(scores, dtype=torch.float32))
+        self.val_reward.update(torch.tensor(scores, dtype=torch.float32, device=pl_module.device))
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking:
@@ -61,7 +64,8 @@ class RewardCallback(L.Callback):
         if self.is_verifier:
             metrics["val/acc"] = value
         for name, v in metrics.items():
-            pl_module.log(name, v, prog_bar=name == "val/acc")
+            # already reduced over ranks by the metric; sync_dist keeps Lightning's epoch-level check quiet
+            pl_module.log(name, v, prog_bar=name == "val/acc", sync_dist=trainer.world_size > 1)
         self.history.append({"iteration": iteration, **metrics})
 
 

@@ -7,6 +7,13 @@ holds none for the epoch at hand (the first epoch, or a resume from a checkpoint
 epoch k trains on samples from the policy as it stood at the start of epoch k. Before each generation, and
 before validation, the policy's current weights are pushed into the running engine in place (once per
 optimizer step: a sync is skipped when the policy has not changed since the last one).
+
+On several ranks (``rollout.mode``): with ``colocate`` (default, as TRL's colocate mode) every rank has an
+engine and samples its contiguous share of the prompts; with ``rank0`` only rank 0 has one and generates
+for all. Either way each prompt's K samples are scored together on one rank, every rank computes pi_t
+log-probs for its share (the sharded forward is collective), and the scored rollouts are gathered so that
+every rank holds the same full list (the data module then gives each rank its shard). Every rank takes
+part in each weight sync, since gathering a sharded parameter is a collective.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import lightning as L
 import torch
 
 from callbacks.reward import RewardCallback
-from sppo_pl.rollout.base import RolloutEngine, SamplingConfig
+from sppo_pl.distributed import all_gather_list, broadcast_from_zero, rank_and_world, shard_bounds
+from sppo_pl.rollout.base import Generation, RolloutEngine, SamplingConfig, request_seeds
 from sppo_pl.types import Rollout
 
 
@@ -31,7 +39,12 @@ class RolloutCallback(L.Callback):
         sampling: dict | SamplingConfig,
         val_max_tokens: int | None = None,
         save_dir: str | None = None,
+        mode: str = "colocate",
+        seed: int = 0,
     ):
+        if mode not in ("colocate", "rank0"):
+            raise ValueError(f"rollout.mode must be 'colocate' or 'rank0', got {mode!r}")
+        self.mode, self.seed = mode, seed
         self.engine_factory = engine
         self.sampling = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig(**sampling)
         self.val_sampling = SamplingConfig(
@@ -44,8 +57,15 @@ class RolloutCallback(L.Callback):
 
     # ---- hooks ---------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage):
+        world, per_epoch = trainer.world_size, trainer.datamodule.prompts_per_epoch
+        if per_epoch % world:
+            raise ValueError(
+                f"data.prompts_per_epoch={per_epoch} must be a multiple of the number of ranks ({world}): "
+                "every rank gets the same share"
+            )
         if self.engine is None:
-            self.engine = self.engine_factory(pl_module)
+            generates = self.mode == "colocate" or trainer.global_rank == 0
+            self.engine = self.engine_factory(pl_module, generates=generates)
         pl_module.val_generate = lambda ids: self._greedy(trainer, pl_module, ids)
         trainer.datamodule.rollout_provider = lambda epoch: self.rollout(trainer, pl_module, epoch)
 
@@ -63,22 +83,46 @@ class RolloutCallback(L.Callback):
         """
         if self._synced_step != trainer.global_step:
             start = time.perf_counter()
-            self.engine.sync_weights(pl_module.named_weights())
+            stream = pl_module.named_weights()
+            self.engine.sync_weights(stream)
+            for _ in stream:  # the gathers must line up on every rank, even if an engine stopped early
+                pass
             self._synced_step = trainer.global_step
             self._last_sync_s = time.perf_counter() - start
         return self._last_sync_s
 
     def _greedy(self, trainer, pl_module, prompt_ids: list[list[int]]) -> list[str]:
         self.sync(trainer, pl_module)
-        return [g.texts[0] for g in self.engine.generate(prompt_ids, self.val_sampling)]
+        return [g.texts[0] for g in self.generate_own(prompt_ids, self.val_sampling)]
+
+    def generate_own(
+        self, prompt_ids: list[list[int]], sampling: SamplingConfig, seeds: list[int] | None = None
+    ) -> list[Generation]:
+        """Generations for this rank's own prompts: by its engine, or (mode rank0) by rank 0's for all."""
+        rank, world = rank_and_world()
+        if world == 1 or self.mode == "colocate":
+            return self.engine.generate(prompt_ids, sampling, seeds)
+        asked = all_gather_list([(prompt_ids, seeds)])
+        if rank == 0:
+            flat_ids = [p for ids, _ in asked for p in ids]
+            flat_seeds = None if seeds is None else [s for _, ss in asked for s in ss]
+            gens = self.engine.generate(flat_ids, sampling, flat_seeds)
+        answer = broadcast_from_zero(gens if rank == 0 else None)
+        start = sum(len(ids) for ids, _ in asked[:rank])
+        return answer[start : start + len(prompt_ids)]
 
     def rollout(self, trainer, pl_module, epoch: int) -> list[Rollout]:
-        """Sample, score, take pi_t log-probs, hand to the datamodule, save, log. For iteration ``epoch``."""
+        """Sample, score, take pi_t log-probs, hand to the datamodule, save, log. For iteration ``epoch``.
+
+        Each rank works on its share of the prompts; the scored rollouts are gathered in prompt order.
+        """
         dm = trainer.datamodule
-        prompts = dm.next_prompts(epoch)
+        every = dm.next_prompts(epoch)
+        a, b = shard_bounds(len(every), *rank_and_world())
+        prompts, seeds = every[a:b], request_seeds(self.seed, epoch, len(every))[a:b]
         sync_s = self.sync(trainer, pl_module)
         start = time.perf_counter()
-        gens = self.engine.generate([p["prompt_ids"] for p in prompts], self.sampling)
+        gens = self.generate_own([p["prompt_ids"] for p in prompts], self.sampling, seeds)
         gen_s = time.perf_counter() - start
         rollouts = [
             Rollout(
@@ -98,9 +142,11 @@ class RolloutCallback(L.Callback):
         pl_module.refresh_reference()
         pl_module.compute_ref_logps(rollouts, dm.tokenizer.pad_token_id)
         logp_s = time.perf_counter() - start
+        rollouts = all_gather_list(rollouts)
         dm.set_rollouts(rollouts, epoch, trainer.global_step)
-        self._save(rollouts, epoch, trainer.global_step)
-        n_tokens = sum(len(t) for g in gens for t in g.token_ids)
+        if trainer.is_global_zero:
+            self._save(rollouts, epoch, trainer.global_step)
+        n_tokens = sum(len(t) for r in rollouts for t in r.response_ids)
         metrics = rollout_metrics(rollouts, gen_s, sync_s, n_tokens) | {
             "rollout/score_s": score_s,
             "rollout/ref_logps_s": logp_s,

@@ -16,7 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from sppo_pl.types import Rollout
 
@@ -137,12 +137,18 @@ class SPPODataModule(L.LightningDataModule):
             )
         pad = self.tokenizer.pad_token_id
         meta = {"rollout_epoch": self.rollout_epoch, "rollout_step": self.rollout_step}
+        seed = self.seed + max(self.rollout_epoch, 0)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        order = (
+            {"sampler": DistributedSampler(self.rollouts, world, self.trainer.global_rank, seed=seed)}
+            if world > 1  # batch_size is per rank; each rank trains on its shard of the prompt groups
+            else {"shuffle": True, "generator": torch.Generator().manual_seed(seed)}
+        )
         return DataLoader(
             self.rollouts,
             batch_size=self.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed + max(self.rollout_epoch, 0)),
             collate_fn=lambda rows: {**collate_rollouts(rows, pad), **meta},
+            **order,
         )
 
     def val_dataloader(self) -> DataLoader:

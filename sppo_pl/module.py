@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from sppo_pl.datamodule import collate_rollouts
+from sppo_pl.distributed import full_named_weights, is_sharded, shard_fsdp2
 from sppo_pl.logprobs import sequence_logps
 from sppo_pl.types import Rollout
 
@@ -36,6 +37,7 @@ class SPPOModule(L.LightningModule):
         logps_batch_size: int = 16,
         gradient_checkpointing: bool = False,
         attn_implementation: str | None = None,
+        reshard_after_forward: bool = True,
     ):
         super().__init__()
         if reference not in ("precompute", "model"):
@@ -45,8 +47,8 @@ class SPPOModule(L.LightningModule):
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-6)
         self.scheduler_factory = scheduler
         self.policy = load_policy(model_path, dtype, attn_implementation)
-        if gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable()
+        if gradient_checkpointing:  # activation checkpointing, per decoder block
+            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.reference = _frozen_copy(self.policy) if reference == "model" else None
         # Set by the rollout callback: greedy generation for validation (prompt ids -> response texts).
         self.val_generate: Callable[[list[list[int]]], list[str]] | None = None
@@ -74,18 +76,30 @@ class SPPOModule(L.LightningModule):
                 r.ref_logps = lp
         model.train(was_training)
 
+    @torch.no_grad()
     def refresh_reference(self) -> None:
-        """pi_t <- current policy (only when a reference copy is held)."""
+        """pi_t <- current policy (only when a reference copy is held). Sharded alike, so shard by shard."""
         if self.reference is not None:
-            self.reference.load_state_dict(self.policy.state_dict())
+            for ref, p in zip(self.reference.parameters(), self.policy.parameters(), strict=True):
+                ref.copy_(p)
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The policy's parameters under their Hugging Face names, one tensor at a time (for weight sync)."""
-        for name, p in self.policy.named_parameters():
-            yield name, p.detach()
-        if getattr(self.policy.config, "tie_word_embeddings", False):
-            # engines keep their own lm_head tensor even when the checkpoint ties it to the embedding
-            yield "lm_head.weight", self.policy.get_output_embeddings().weight.detach()
+        """The policy's full parameters under their Hugging Face names, one tensor at a time (weight sync).
+
+        Sharded parameters are gathered one at a time, so every rank must drain this iterator.
+        """
+        return full_named_weights(self.policy)
+
+    def configure_model(self) -> None:
+        """Shard the policy (and the reference copy, if held) with FSDP2 when the strategy gives a mesh."""
+        mesh = self.device_mesh
+        if mesh is None or is_sharded(self.policy):
+            return
+        dp_mesh = mesh["data_parallel"]
+        precision = self.trainer.precision if self._trainer is not None else None
+        for model in (self.policy, self.reference):
+            if model is not None:
+                shard_fsdp2(model, dp_mesh, precision, self.hparams.reshard_after_forward)
 
     # ---- Lightning -----------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

@@ -52,19 +52,39 @@ def train(cfg: DictConfig) -> float | None:
     module, datamodule, trainer = build(cfg)
     if cfg.get("validate_before_training") and not cfg.get("ckpt_path"):
         trainer.validate(module, datamodule=datamodule, verbose=False)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_ckpt(cfg))
-    table = val_table(out / "metrics.csv")
-    if table:
-        print(format_table(table))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt(cfg.get("ckpt_path")))
+    if trainer.is_global_zero:
+        _report(cfg, out, trainer)
     metric = trainer.callback_metrics.get(cfg.get("optimized_metric") or "")
     return None if metric is None else float(metric)
 
 
-def _ckpt(cfg: DictConfig) -> str | None:
-    path = cfg.get("ckpt_path")
-    if path and not Path(path).exists():
+def _report(cfg: DictConfig, out: Path, trainer: L.Trainer) -> None:
+    """Rank 0, after fitting: the validation table, and the final policy as a Hugging Face directory."""
+    table = val_table(out / "metrics.csv")
+    if table:
+        print(format_table(table))
+    last = out / "checkpoints" / "last.ckpt"
+    if cfg.get("export_hf") and last.exists():
+        from sppo_pl.export import export_hf
+
+        log.info("exported the final policy to %s", export_hf(last, out / "hf_model", cfg.model.path))
+
+
+def resolve_ckpt(path: str | None) -> str | None:
+    """``ckpt_path``: a checkpoint (file, or sharded folder), or a run directory (its last checkpoint)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if (p / "checkpoints" / "last.ckpt").exists():
+        return str(p / "checkpoints" / "last.ckpt")
+    if not p.exists():
         raise FileNotFoundError(f"ckpt_path does not exist: {path}")
-    return None if path is None else str(path)
+    if p.is_dir() and not (p / "meta.pt").exists():
+        raise FileNotFoundError(
+            f"ckpt_path {path} is a folder with neither checkpoints/last.ckpt nor meta.pt"
+        )
+    return str(p)
 
 
 def val_table(metrics_csv: Path) -> list[dict]:

@@ -45,10 +45,34 @@ class Generation:
 class RolloutEngine(Protocol):
     """What the rollout callback needs from a generation backend."""
 
-    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
-        """Sample ``sampling.n`` responses for each prompt (token ids, no padding)."""
+    def generate(
+        self, prompt_ids: list[list[int]], sampling: SamplingConfig, seeds: list[int] | None = None
+    ) -> list[Generation]:
+        """Sample ``sampling.n`` responses for each prompt (token ids, no padding). ``seeds``, one per
+        prompt, make each prompt's samples independent of the batch and of the engine's history."""
         ...
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load these (Hugging Face-named) parameters into the running engine, in place."""
         ...
+
+
+class PeerEngine:
+    """Stands in for the engine on ranks that do not generate (``rollout.mode=rank0``).
+
+    It drains every weight stream, so the gathers of sharded parameters line up with the generating rank.
+    """
+
+    def generate(self, prompt_ids, sampling, seeds=None) -> list[Generation]:
+        raise RuntimeError("this rank has no rollout engine (rollout.mode=rank0): rank 0 generates")
+
+    def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        for _ in named_tensors:
+            pass
+
+
+def request_seeds(seed: int, epoch: int, n: int) -> list[int]:
+    """One sampling seed per prompt of iteration ``epoch``: fixed by (seed, epoch, position), so a resumed
+    run, or a run on another number of ranks, samples exactly what an uninterrupted one would."""
+    base = (seed * 1_000_003 + epoch) * 1_000_003
+    return [(base + i) % 2**31 for i in range(n)]

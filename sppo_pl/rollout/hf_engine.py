@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from sppo_pl.rollout.base import Generation, SamplingConfig
@@ -25,10 +26,14 @@ class HFEngine:
         self.batch_size = batch_size
 
     @classmethod
-    def from_module(cls, module, batch_size: int = 16) -> HFEngine:
+    def from_module(cls, module, generates: bool = True, batch_size: int = 16) -> HFEngine:
         """Generate with the policy of a :class:`sppo_pl.module.SPPOModule` (its tokenizer from disk)."""
         from transformers import AutoTokenizer
 
+        if not generates:
+            raise ValueError(
+                "rollout=hf generates with the (sharded) policy on every rank: use rollout.mode=colocate"
+            )
         return cls(
             lambda: module.policy, AutoTokenizer.from_pretrained(module.hparams.model_path), batch_size
         )
@@ -47,14 +52,20 @@ class HFEngine:
             pass
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
+    def generate(
+        self, prompt_ids: list[list[int]], sampling: SamplingConfig, seeds: list[int] | None = None
+    ) -> list[Generation]:
+        """Batches of ``batch_size`` prompts; each batch sampled under its first prompt's seed."""
         model = self.model
         was_training = model.training
         model.eval()
         out: list[Generation] = []
         try:
             for s in tqdm(range(0, len(prompt_ids), self.batch_size), desc="hf generate", leave=False):
-                out.extend(self._generate_batch(model, prompt_ids[s : s + self.batch_size], sampling))
+                with torch.random.fork_rng(devices=[]):
+                    if seeds is not None:
+                        torch.manual_seed(seeds[s])
+                    out.extend(self._generate_batch(model, prompt_ids[s : s + self.batch_size], sampling))
         finally:
             model.train(was_training)
         return out
@@ -78,6 +89,8 @@ class HFEngine:
             num_return_sequences=sampling.n,
             eos_token_id=eos,
             pad_token_id=pad,
+            # sharded policy: every rank runs forward passes until all ranks are done
+            synced_gpus=dist.is_initialized() and dist.get_world_size() > 1,
         )[:, width:].tolist()
         gens = []
         for i in range(len(batch)):

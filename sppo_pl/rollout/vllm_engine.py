@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 import torch
 
-from sppo_pl.rollout.base import Generation, SamplingConfig
+from sppo_pl.rollout.base import Generation, PeerEngine, SamplingConfig
 
 
 class VLLMEngine:
@@ -54,21 +54,34 @@ class VLLMEngine:
         )
 
     @classmethod
-    def from_module(cls, module, **kwargs) -> VLLMEngine:
-        """The engine for a :class:`sppo_pl.module.SPPOModule`: same weights file, same dtype."""
+    def from_module(cls, module, generates: bool = True, **kwargs) -> VLLMEngine | PeerEngine:
+        """The engine for a :class:`sppo_pl.module.SPPOModule`: same weights file, same dtype.
+
+        ``generates=False`` (a rank that leaves generation to rank 0) creates no engine, but takes part in
+        the process groups vLLM creates on the generating rank, as every rank must.
+        """
+        if not generates:
+            join_engine_process_groups()
+            return PeerEngine()
         kwargs.setdefault("dtype", module.hparams.dtype)
         return cls(module.hparams.model_path, **kwargs)
 
-    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
+    def generate(
+        self, prompt_ids: list[list[int]], sampling: SamplingConfig, seeds: list[int] | None = None
+    ) -> list[Generation]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(
-            n=sampling.n,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-        )
+        def request(seed: int | None) -> SamplingParams:
+            return SamplingParams(
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                seed=seed,
+            )
+
+        params = [request(s) for s in seeds] if seeds is not None else request(None)
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
         outs = self.llm.generate(prompts, params, use_tqdm=self.use_tqdm)
         return [
@@ -86,3 +99,22 @@ class VLLMEngine:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(named_tensors)})
         self.llm.reset_prefix_cache()
         self.sync_seconds.append(time.perf_counter() - start)
+
+
+def join_engine_process_groups() -> None:
+    """On a rank without an engine, make the process-group calls an in-process engine (tensor and
+    pipeline parallel size 1) makes on the other ranks: creating a group is collective over every rank of
+    the default group, so a rank that skipped them would leave the generating rank waiting."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.distributed.parallel_state import (
+        ensure_model_parallel_initialized,
+        init_distributed_environment,
+    )
+
+    init_distributed_environment(1, 0, "env://", 0, dist.get_backend())
+    with set_current_vllm_config(VllmConfig()):
+        ensure_model_parallel_initialized(1, 1)

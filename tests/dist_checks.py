@@ -1,0 +1,171 @@
+"""Two-process (gloo) checks of the sharded path, run by tests/test_distributed.py.
+
+``python -m tests.dist_checks CHECK MODEL_DIR OUT_DIR`` spawns 2 ranks; each writes ``rank{r}.json`` with
+what it measured, and the test asserts on those files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+WORLD = 2
+
+
+def _rollouts(tokenizer, n_prompts: int = 4, k: int = 2):
+    """Fixed prompt groups with fixed responses and win-rates (no sampling involved)."""
+    from sppo_pl.datamodule import encode_prompt
+    from sppo_pl.types import Rollout
+
+    g = torch.Generator().manual_seed(0)
+    vocab = len(tokenizer)
+    out = []
+    for i in range(n_prompts):
+        responses = [torch.randint(3, vocab, (5 + 2 * j + i,), generator=g).tolist() for j in range(k)]
+        wins = torch.rand(k, generator=g).tolist()
+        out.append(
+            Rollout(
+                f"p{i}",
+                encode_prompt(tokenizer, f"What is {i} + {i}?"),
+                [""] * k,
+                responses,
+                scores=[0.0] * k,
+                win_rate=wins,
+            )
+        )
+    return out
+
+
+def _loss(module, rollouts, pad_id):
+    from sppo_pl.datamodule import collate_rollouts
+
+    batch = collate_rollouts(rollouts, pad_id)
+    return module.loss_fn(
+        module.policy_logps(batch), batch["ref_logps"], batch["win_rate"], batch["scores"]
+    ).loss
+
+
+def _step(module, rollouts, pad_id, lr: float = 0.1) -> None:
+    opt = torch.optim.SGD(module.policy.parameters(), lr=lr)
+    _loss(module, rollouts, pad_id).backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def check_step(rank: int, model_dir: str) -> dict:
+    """A sharded SGD step on half the batch per rank vs one process on the whole batch."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+    from transformers import AutoTokenizer
+
+    from sppo_pl.distributed import full_named_weights, shard_fsdp2
+    from sppo_pl.losses import SPPOLoss
+    from sppo_pl.module import SPPOModule
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    pad = tok.pad_token_id
+    rollouts = _rollouts(tok)
+
+    single = SPPOModule(model_dir, loss=SPPOLoss(eta=10.0))
+    single.compute_ref_logps(rollouts, pad)  # pi_t = the weights on disk, the same for both runs
+    _step(single, rollouts, pad)
+    with torch.no_grad():
+        single_after = float(_loss(single, rollouts, pad))
+    want = dict(full_named_weights(single.policy))
+
+    sharded = SPPOModule(model_dir, loss=SPPOLoss(eta=10.0))
+    shard_fsdp2(sharded.policy, init_device_mesh("cpu", (WORLD,)))
+    params = list(sharded.policy.parameters())
+    half = rollouts[rank * 2 : rank * 2 + 2]
+    _step(sharded, half, pad)  # FSDP averages the two ranks' gradients: the gradient of the whole batch
+    with torch.no_grad():
+        mine = _loss(sharded, half, pad).detach().reshape(1)
+    dist.all_reduce(mine)
+    got = dict(full_named_weights(sharded.policy))
+    return {
+        "all_dtensor": all(isinstance(p, DTensor) for p in params),
+        "local_fraction": sum(p.to_local().numel() for p in params) / sum(p.numel() for p in params),
+        "single_loss_after": single_after,
+        "sharded_loss_after": float(mine) / WORLD,
+        "max_param_diff": max(float((got[n] - want[n]).abs().max()) for n in want),
+        "moved": max(
+            float((want[n] - w).abs().max())
+            for n, w in SPPOModule(model_dir, loss=SPPOLoss()).named_weights()
+        ),
+    }
+
+
+def check_sync(rank: int, model_dir: str, mode: str) -> dict:
+    """Sharded weight sync into vLLM: engine greedy == HF greedy of the gathered policy, over two syncs."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from transformers import AutoTokenizer
+
+    from sppo_pl.datamodule import encode_prompt
+    from sppo_pl.distributed import full_named_weights, shard_fsdp2
+    from sppo_pl.losses import SPPOLoss
+    from sppo_pl.module import SPPOModule, load_policy
+    from sppo_pl.rollout.base import SamplingConfig
+    from sppo_pl.rollout.hf_engine import HFEngine
+    from sppo_pl.rollout.vllm_engine import VLLMEngine
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=12)
+    module = SPPOModule(model_dir, loss=SPPOLoss(eta=10.0))
+    shard_fsdp2(module.policy, init_device_mesh("cpu", (WORLD,)))
+    engine = VLLMEngine.from_module(
+        module, generates=mode == "colocate" or rank == 0, max_model_len=256, use_tqdm=False
+    )
+    gathered = load_policy(model_dir)  # a plain copy that receives the gathered weights, for HF greedy
+    hf = HFEngine(gathered, tok)
+    prompts = [encode_prompt(tok, f"What is {a} + {b}?") for a, b in [(12, 34), (56, 7), (81, 19)]]
+    rollouts = _rollouts(tok)[rank * 2 : rank * 2 + 2]
+    results = []
+    for _ in range(2):
+        module.compute_ref_logps(rollouts, tok.pad_token_id)
+        _step(module, rollouts, tok.pad_token_id, lr=0.5)
+        full = dict(full_named_weights(module.policy))
+        gathered.load_state_dict(full, strict=False)
+        want = [g.token_ids for g in hf.generate(prompts, greedy)]
+        if mode == "colocate" or rank == 0:
+            stale = [g.token_ids for g in engine.generate(prompts, greedy)]
+        engine.sync_weights(module.named_weights())
+        if mode == "colocate" or rank == 0:
+            got = [g.token_ids for g in engine.generate(prompts, greedy)]
+            results.append({"stale_differs": stale != want, "equal": got == want})
+    return {"syncs": results, "engine": type(engine).__name__}
+
+
+def _worker(rank: int, port: int, check: str, model_dir: str, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+    )
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.manual_seed(0)
+    name, _, arg = check.partition(":")
+    result = check_step(rank, model_dir) if name == "step" else check_sync(rank, model_dir, arg)
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+    dist.barrier()  # the process group stays up: the engine's own shutdown destroys its groups at exit
+
+
+def main(check: str, model_dir: str, out: str) -> None:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(port, check, model_dir, out), nprocs=WORLD)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
