@@ -139,16 +139,18 @@ class SPPODataModule(L.LightningDataModule):
         meta = {"rollout_epoch": self.rollout_epoch, "rollout_step": self.rollout_step}
         seed = self.seed + max(self.rollout_epoch, 0)
         world = self.trainer.world_size if self.trainer is not None else 1
-        order = (
-            {"sampler": DistributedSampler(self.rollouts, world, self.trainer.global_rank, seed=seed)}
+        # A fixed order per iteration, however often the loader is iterated (Lightning iterates it more
+        # than once on a resume, which advanced a shuffling generator and changed the batches)
+        sampler = (
+            DistributedSampler(self.rollouts, world, self.trainer.global_rank, seed=seed)
             if world > 1  # batch_size is per rank; each rank trains on its shard of the prompt groups
-            else {"shuffle": True, "generator": torch.Generator().manual_seed(seed)}
+            else torch.randperm(len(self.rollouts), generator=torch.Generator().manual_seed(seed)).tolist()
         )
         return DataLoader(
             self.rollouts,
             batch_size=self.batch_size,
+            sampler=sampler,
             collate_fn=lambda rows: {**collate_rollouts(rows, pad), **meta},
-            **order,
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -22,6 +22,8 @@ class RolloutAlignmentCheck(L.Callback):
             "rollout_epoch": batch["rollout_epoch"],
             "rollout_step": batch["rollout_step"],
             "epoch_start_step": self.epoch_start_step,
+            "step": trainer.global_step,
+            "batch_fingerprint": int(batch["input_ids"].sum()),
         }
         self.seen.append(row)
         if row["rollout_epoch"] != row["epoch"] or row["rollout_step"] != row["epoch_start_step"]:

@@ -51,21 +51,27 @@ def _policy(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 def test_two_devices_run_shards_checkpoints_and_resumes_to_the_same_parameters(tmp_path):
-    """An uninterrupted 3-iteration run vs one stopped after the first iteration and resumed from its run
-    directory: same rollouts sampled afterwards, same final parameters."""
+    """An uninterrupted 3-iteration run vs one stopped after the first iteration (generating on rank 0 only)
+    and resumed from its run directory: the same rollouts, the same final parameters. Sampling depends
+    on neither the number of ranks nor the rollout mode."""
     common = ["experiment=smoke", "trainer.devices=2", "trainer.strategy.name=fsdp"]
     run_train(tmp_path, *common, "trainer.max_epochs=3", "task_name=full")
-    run_train(tmp_path, *common, "trainer.max_epochs=1", "task_name=cut")
+    run_train(tmp_path, *common, "trainer.max_epochs=1", "rollout.mode=rank0", "task_name=cut")
     cut = only_run_dir(tmp_path, "cut")
     run_train(tmp_path, *common, "trainer.max_epochs=3", f"ckpt_path={cut}", "task_name=resumed")
+    run_train(tmp_path, "experiment=smoke", "trainer.max_epochs=1", "export_hf=false", "task_name=one")
     full, resumed = only_run_dir(tmp_path, "full"), only_run_dir(tmp_path, "resumed")
+
+    def rollouts(run: Path, epoch: int) -> str:
+        return (run / f"rollouts/epoch_{epoch}.jsonl").read_text()
+
+    # epoch 0 sampled alike by 2 colocated engines, by rank 0's engine alone and by 1 device
+    assert rollouts(cut, 0) == rollouts(full, 0) == rollouts(only_run_dir(tmp_path, "one"), 0)
 
     last = full / "checkpoints" / "last.ckpt"
     assert last.is_dir() and len(list(last.glob("*.distcp"))) == 2  # one shard per rank
     for epoch in (1, 2):  # sampled after the resume by a fresh engine: the same samples
-        assert (resumed / f"rollouts/epoch_{epoch}.jsonl").read_text() == (
-            full / f"rollouts/epoch_{epoch}.jsonl"
-        ).read_text()
+        assert rollouts(resumed, epoch) == rollouts(full, epoch)
     want, got = _policy(last), _policy(resumed / "checkpoints" / "last.ckpt")
     start = _policy(cut / "checkpoints" / "last.ckpt")
     assert max(float((want[k] - start[k]).abs().max()) for k in want) > 1e-4  # later iterations trained

@@ -94,6 +94,14 @@ def test_resume_trains_on_the_checkpointed_rollouts(tmp_path):
     assert not (resumed / "rollouts").exists()
     seen = json.loads(record.read_text())
     assert seen and {r["epoch"] for r in seen} == {1} and all(r["rollout_epoch"] == 1 for r in seen)
+    # and it ends where the uninterrupted run ended
+    from sppo_pl.export import load_policy_from_checkpoint
+
+    want = load_policy_from_checkpoint(first / "checkpoints" / "last.ckpt").state_dict()
+    got = load_policy_from_checkpoint(resumed / "checkpoints" / "last.ckpt").state_dict()
+    start = load_policy_from_checkpoint(ckpt).state_dict()
+    assert max(float((want[k] - start[k]).abs().max()) for k in want) > 1e-4
+    assert max(float((want[k] - got[k]).abs().max()) for k in want) < 1e-6
 
 
 def test_multirun_sweep_runs_two_jobs_in_their_own_directories(tmp_path):
