@@ -113,13 +113,43 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if isinstance(t, DTensor) else t
 
 
-def full_named_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+def full_named_weights(
+    model: nn.Module, fsdp1_root: nn.Module | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
     """(Hugging Face name, full tensor) of every parameter, gathered and yielded one at a time.
 
     Every rank must drain this iterator in the same order (each sharded tensor is an all-gather). A tied
-    output head is yielded as ``lm_head.weight`` too: engines keep their own head tensor.
+    output head is yielded as ``lm_head.weight`` too: engines keep their own head tensor. Under FSDP1,
+    ``fsdp1_root`` is the outermost FSDP unit (it owns the parameters outside the decoder blocks); the
+    blocks are then gathered one unit at a time.
     """
+    if fsdp1_root is not None:
+        yield from _fsdp1_named_weights(model, fsdp1_root)
+        return
     for name, p in model.named_parameters():
         yield clean_param_name(name), full_tensor(p)
-    if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+    if _tied(model):
         yield "lm_head.weight", full_tensor(model.get_output_embeddings().weight)
+
+
+def _tied(model: nn.Module) -> bool:
+    return bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+
+
+def _fsdp1_named_weights(model: nn.Module, root: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """FSDP1 (``use_orig_params=True``): inside ``summon_full_params`` the original parameters are full
+    views, valid until the context closes, so each is yielded (and copied by the consumer) inside it."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    units = [(n, m) for n, m in model.named_modules() if isinstance(m, FSDP) and m is not root]
+    in_units = {id(p) for _, m in units for p in m.parameters()}
+    with FSDP.summon_full_params(root, recurse=False, writeback=False):
+        for prefix, unit in units:
+            with FSDP.summon_full_params(unit, recurse=False, writeback=False):
+                for name, p in unit.named_parameters():
+                    yield clean_param_name(f"{prefix}.{name}" if prefix else name), p.detach()
+        for name, p in model.named_parameters():
+            if id(p) not in in_units:
+                yield clean_param_name(name), p.detach()
+        if _tied(model):
+            yield "lm_head.weight", model.get_output_embeddings().weight.detach()

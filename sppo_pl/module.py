@@ -88,7 +88,10 @@ class SPPOModule(L.LightningModule):
 
         Sharded parameters are gathered one at a time, so every rank must drain this iterator.
         """
-        return full_named_weights(self.policy)
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        root = self._trainer.strategy.model if self._trainer is not None else None
+        return full_named_weights(self.policy, root if isinstance(root, FullyShardedDataParallel) else None)
 
     def configure_model(self) -> None:
         """Shard the policy (and the reference copy, if held) with FSDP2 when the strategy gives a mesh."""

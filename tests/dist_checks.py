@@ -142,6 +142,32 @@ def check_sync(rank: int, model_dir: str, mode: str) -> dict:
     return {"syncs": results, "engine": type(engine).__name__}
 
 
+def check_fsdp1(rank: int, model_dir: str) -> dict:
+    """FSDP1 (as Lightning's FSDPStrategy wraps it: the LightningModule is the root, blocks are units):
+    the streamed weights equal the unsharded ones, under the same names."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    from sppo_pl.distributed import full_named_weights
+    from sppo_pl.losses import SPPOLoss
+    from sppo_pl.module import SPPOModule
+    from sppo_pl.strategy import DecoderBlockPolicy
+
+    module = SPPOModule(model_dir, loss=SPPOLoss())
+    want = [(n, t.clone()) for n, t in full_named_weights(module.policy)]
+    root = FSDP(
+        module, auto_wrap_policy=DecoderBlockPolicy(), device_id=torch.device("cpu"), use_orig_params=True
+    )
+    local = [p.numel() for p in module.policy.model.layers[0].parameters()]
+    got = [(n, t.clone()) for n, t in full_named_weights(module.policy, root)]
+    return {
+        "blocks_wrapped": type(module.policy.model.layers[0]).__name__,
+        "local_block_numel": sum(local),
+        "full_block_numel": sum(t.numel() for n, t in want if n.startswith("model.layers.0.")),
+        "names_equal": sorted(n for n, _ in want) == sorted(n for n, _ in got),
+        "max_diff": max(float((dict(got)[n] - t).abs().max()) for n, t in want),
+    }
+
+
 def _worker(rank: int, port: int, check: str, model_dir: str, out: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -153,7 +179,10 @@ def _worker(rank: int, port: int, check: str, model_dir: str, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     torch.manual_seed(0)
     name, _, arg = check.partition(":")
-    result = check_step(rank, model_dir) if name == "step" else check_sync(rank, model_dir, arg)
+    if name == "sync":
+        result = check_sync(rank, model_dir, arg)
+    else:
+        result = {"step": check_step, "fsdp1": check_fsdp1}[name](rank, model_dir)
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()  # the process group stays up: the engine's own shutdown destroys its groups at exit
 

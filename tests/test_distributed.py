@@ -31,6 +31,13 @@ def test_fsdp2_step_on_two_ranks_matches_one_process(tiny_model_dir, tmp_path):
         assert rank["sharded_loss_after"] == pytest.approx(rank["single_loss_after"], rel=1e-5)
 
 
+def test_fsdp1_weight_stream_gathers_one_block_at_a_time_under_hf_names(tiny_model_dir, tmp_path):
+    for rank in run_check("fsdp1", tiny_model_dir, tmp_path):
+        assert rank["blocks_wrapped"] == "FullyShardedDataParallel"
+        assert rank["local_block_numel"] * 2 == rank["full_block_numel"]  # the block really is sharded
+        assert rank["names_equal"] and rank["max_diff"] == 0.0
+
+
 @pytest.mark.parametrize("mode", ["colocate", "rank0"])
 def test_sharded_weight_sync_matches_hf_greedy_of_the_gathered_policy(tiny_model_dir, tmp_path, mode):
     ranks = run_check(f"sync:{mode}", tiny_model_dir, tmp_path)
