@@ -18,6 +18,7 @@ import platform
 import resource
 import socket
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -148,8 +149,7 @@ def main() -> None:
     parser.add_argument("--no-engine", action="store_true")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS / "sharding_ranks"
-    tmp.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="sharding_ranks_"))  # one JSON per rank, summarised below
     summaries = []
     for world in (1, 2):
         mp.spawn(_rank, args=(world, _free_port(), args, str(tmp)), nprocs=world)

@@ -11,12 +11,22 @@ from omegaconf import DictConfig, OmegaConf
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def default_precision(accelerator: str = "auto") -> str:
+    """``trainer.precision`` unless set: bf16 mixed precision on a GPU, float32 on CPU."""
+    import torch
+
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
 def register_resolvers() -> None:
-    """``${project_root:}``, ``${sum:a,b}``, ``${not_env:NAME}`` (True when NAME is unset or empty)."""
+    """``${project_root:}``, ``${sum:a,b}``, ``${not_env:NAME}`` (True when NAME is unset or empty),
+    ``${default_precision:accelerator}``."""
     for name, fn in {
         "project_root": lambda: str(PROJECT_ROOT),
         "sum": lambda *xs: sum(xs),
         "not_env": lambda name: not os.environ.get(name),
+        "default_precision": default_precision,
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -94,6 +94,14 @@ def test_collectives_are_identity_in_one_process():
     assert all_gather_list([1, 2]) == [1, 2] and broadcast_from_zero({"a": 1}) == {"a": 1}
 
 
+def test_default_precision_is_float32_without_a_gpu(tmp_path):
+    from sppo_pl.config import default_precision
+
+    assert default_precision("cpu") == "32-true"
+    if not torch.cuda.is_available():
+        assert make_cfg(tmp_path).trainer.precision == "32-true"
+
+
 def test_mixed_precision_follows_trainer_precision():
     assert mixed_precision_policy("32-true") is None and mixed_precision_policy("bf16-true") is None
     bf16 = mixed_precision_policy("bf16-mixed")

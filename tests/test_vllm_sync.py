@@ -53,3 +53,18 @@ def test_weight_sync_matches_hf_greedy_twice(tiny_model_dir, tiny_tokenizer):
         engine.sync_weights(module.named_weights())
         assert [g.token_ids for g in engine.generate(prompt_ids, GREEDY)] == want
     assert len(engine.sync_seconds) == 2
+
+
+def test_seeded_sampling_survives_a_full_token_budget_and_ignores_the_batch(tiny_model_dir):
+    """Per-prompt seeds with more prompt tokens than one engine step takes (a vLLM CPU failure mode) give
+    each prompt the same samples whatever else is in the batch."""
+    from sppo_pl.rollout.base import request_seeds
+    from sppo_pl.rollout.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(str(tiny_model_dir), max_model_len=256, use_tqdm=False)
+    prompts = [[1] + [100 + (i * 7 + j) % 400 for j in range(100)] for i in range(128)]  # 12.9k tokens
+    sampling, seeds = SamplingConfig(n=2, temperature=1.0, max_tokens=8), request_seeds(0, 3, 128)
+    together = engine.generate(prompts, sampling, seeds)
+    alone = engine.generate(prompts[100:], sampling, seeds[100:])
+    assert [g.token_ids for g in together[100:]] == [g.token_ids for g in alone]
+    assert together[0].token_ids[0] != together[0].token_ids[1]  # two different samples per prompt

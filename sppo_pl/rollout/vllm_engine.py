@@ -40,6 +40,11 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, cpu_kv_cache_gb))))
         from vllm import LLM  # lazy: heavy, optional
 
+        if on_cpu:
+            # Seeded requests (one seed per prompt) break vLLM's CPU sampler when a prefill is split across
+            # steps: it rewinds the request's generator offset, which CPU generators lack ("CPU Generator
+            # does not use offset"). Unsplit prefills avoid that path.
+            llm_kwargs.setdefault("enable_chunked_prefill", False)
         self.use_tqdm = use_tqdm
         self.sync_seconds: list[float] = []
         self.llm = LLM(
