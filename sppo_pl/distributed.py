@@ -9,6 +9,7 @@ is a collective) and hands it on, so no rank ever holds a full state dict.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -134,6 +135,19 @@ def full_named_weights(
 
 def _tied(model: nn.Module) -> bool:
     return bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
+
+
+@contextmanager
+def fsdp1_root_gathered(root: nn.Module | None) -> Iterator[None]:
+    """Under FSDP1 the root unit's parameters (embeddings, final norm, head) are gathered only by the
+    root's own forward; calling the policy directly (pi_t log-probs) needs them gathered around it."""
+    if root is None:
+        yield
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    with FSDP.summon_full_params(root, recurse=False, writeback=False):
+        yield
 
 
 def _fsdp1_named_weights(model: nn.Module, root: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

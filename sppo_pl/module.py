@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from sppo_pl.datamodule import collate_rollouts
-from sppo_pl.distributed import full_named_weights, is_sharded, shard_fsdp2
+from sppo_pl.distributed import fsdp1_root_gathered, full_named_weights, is_sharded, shard_fsdp2
 from sppo_pl.logprobs import sequence_logps
 from sppo_pl.types import Rollout
 
@@ -68,12 +68,13 @@ class SPPOModule(L.LightningModule):
         was_training = model.training
         model.eval()
         step = max(1, self.hparams.logps_batch_size // max(1, rollouts[0].k))
-        for s in range(0, len(rollouts), step):
-            group = rollouts[s : s + step]
-            batch = {k: v.to(self.device) for k, v in collate_rollouts(group, pad_id).items()}
-            logps = self.policy_logps(batch, model).float().cpu().tolist()
-            for r, lp in zip(group, logps):
-                r.ref_logps = lp
+        with fsdp1_root_gathered(self.fsdp1_root()):
+            for s in range(0, len(rollouts), step):
+                group = rollouts[s : s + step]
+                batch = {k: v.to(self.device) for k, v in collate_rollouts(group, pad_id).items()}
+                logps = self.policy_logps(batch, model).float().cpu().tolist()
+                for r, lp in zip(group, logps):
+                    r.ref_logps = lp
         model.train(was_training)
 
     @torch.no_grad()
@@ -88,10 +89,14 @@ class SPPOModule(L.LightningModule):
 
         Sharded parameters are gathered one at a time, so every rank must drain this iterator.
         """
+        return full_named_weights(self.policy, self.fsdp1_root())
+
+    def fsdp1_root(self) -> nn.Module | None:
+        """The outermost FSDP1 unit when Lightning's FSDPStrategy wrapped this module, else None."""
         from torch.distributed.fsdp import FullyShardedDataParallel
 
         root = self._trainer.strategy.model if self._trainer is not None else None
-        return full_named_weights(self.policy, root if isinstance(root, FullyShardedDataParallel) else None)
+        return root if isinstance(root, FullyShardedDataParallel) else None
 
     def configure_model(self) -> None:
         """Shard the policy (and the reference copy, if held) with FSDP2 when the strategy gives a mesh."""

@@ -146,20 +146,30 @@ def check_fsdp1(rank: int, model_dir: str) -> dict:
     """FSDP1 (as Lightning's FSDPStrategy wraps it: the LightningModule is the root, blocks are units):
     the streamed weights equal the unsharded ones, under the same names."""
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from transformers import AutoTokenizer
 
     from sppo_pl.distributed import full_named_weights
     from sppo_pl.losses import SPPOLoss
     from sppo_pl.module import SPPOModule
     from sppo_pl.strategy import DecoderBlockPolicy
 
+    tok = AutoTokenizer.from_pretrained(model_dir)
     module = SPPOModule(model_dir, loss=SPPOLoss())
     want = [(n, t.clone()) for n, t in full_named_weights(module.policy)]
+    rollouts = _rollouts(tok)
+    module.compute_ref_logps(rollouts, tok.pad_token_id)
+    want_logps = [r.ref_logps for r in rollouts]
     root = FSDP(
         module, auto_wrap_policy=DecoderBlockPolicy(), device_id=torch.device("cpu"), use_orig_params=True
     )
     local = [p.numel() for p in module.policy.model.layers[0].parameters()]
     got = [(n, t.clone()) for n, t in full_named_weights(module.policy, root)]
+    module.fsdp1_root = lambda: root  # as under Lightning's FSDPStrategy
+    module.compute_ref_logps(rollouts, tok.pad_token_id)  # calls the policy directly, not the root
     return {
+        "logps_max_diff": max(
+            abs(a - b) for r, w in zip(rollouts, want_logps) for a, b in zip(r.ref_logps, w)
+        ),
         "blocks_wrapped": type(module.policy.model.layers[0]).__name__,
         "local_block_numel": sum(local),
         "full_block_numel": sum(t.numel() for n, t in want if n.startswith("model.layers.0.")),

@@ -36,6 +36,7 @@ def test_fsdp1_weight_stream_gathers_one_block_at_a_time_under_hf_names(tiny_mod
         assert rank["blocks_wrapped"] == "FullyShardedDataParallel"
         assert rank["local_block_numel"] * 2 == rank["full_block_numel"]  # the block really is sharded
         assert rank["names_equal"] and rank["max_diff"] == 0.0
+        assert rank["logps_max_diff"] < 1e-3  # pi_t log-probs of the sharded policy (sums over tokens)
 
 
 @pytest.mark.parametrize("mode", ["colocate", "rank0"])

@@ -34,6 +34,11 @@ class HFEngine:
             raise ValueError(
                 "rollout=hf generates with the (sharded) policy on every rank: use rollout.mode=colocate"
             )
+        strategy = type(module._trainer.strategy).__name__ if module._trainer is not None else ""
+        if strategy == "FSDPStrategy":  # generate() would call the policy past the FSDP1 root's gathers
+            raise ValueError(
+                "rollout=hf cannot generate under trainer/strategy=fsdp1: use fsdp or rollout=vllm"
+            )
         return cls(
             lambda: module.policy, AutoTokenizer.from_pretrained(module.hparams.model_path), batch_size
         )
