@@ -64,8 +64,9 @@ class RewardCallback(L.Callback):
         if self.is_verifier:
             metrics["val/acc"] = value
         for name, v in metrics.items():
-            # already reduced over ranks by the metric; sync_dist keeps Lightning's epoch-level check quiet
-            pl_module.log(name, v, prog_bar=name == "val/acc", sync_dist=trainer.world_size > 1)
+            # Already reduced over ranks by the metric, so the sync averages equal values. It also keeps
+            # Lightning quiet when vLLM's in-process engine has initialised torch.distributed on one device.
+            pl_module.log(name, v, prog_bar=name == "val/acc", sync_dist=True)
         self.history.append({"iteration": iteration, **metrics})
 
 
