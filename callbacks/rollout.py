@@ -132,6 +132,7 @@ class RolloutCallback(L.Callback):
                 g.token_ids,
                 p["answer"],
                 extra={"finish": g.finish_reasons},
+                fields={k: v for k, v in p.items() if k not in ("prompt", "prompt_ids", "answer")},
             )
             for p, g in zip(prompts, gens)
         ]
@@ -174,6 +175,7 @@ class RolloutCallback(L.Callback):
                     "win_rate": r.win_rate,
                     "ref_logps": r.ref_logps,
                     "finish_reasons": r.extra.get("finish"),
+                    **({"fields": r.fields} if r.fields else {}),
                 }
                 f.write(json.dumps(row) + "\n")
         tmp.replace(path)

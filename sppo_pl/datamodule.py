@@ -35,10 +35,15 @@ class SPPODataModule(L.LightningDataModule):
         max_prompt_len: int = 256,
         max_val_prompts: int | None = None,
         seed: int = 0,
+        fields: list[str] | None = None,
     ):
         super().__init__()
         if prompts_per_epoch < 1 or batch_size < 1 or val_batch_size < 1:
             raise ValueError("data.prompts_per_epoch, data.batch_size and data.val_batch_size must be >= 1")
+        self.fields = list(fields or [])
+        reserved = {"prompt", "prompt_ids", "answer"} & set(self.fields)
+        if reserved:
+            raise ValueError(f"data.fields may not name {sorted(reserved)}: the prompt and answer always go")
         self.dataset = dataset
         self.tokenizer = tokenizer
         self.prompt_key, self.answer_key, self.system_prompt = prompt_key, answer_key, system_prompt
@@ -75,10 +80,11 @@ class SPPODataModule(L.LightningDataModule):
         self.val_prompts = self._encode(val, "test")
 
     def _encode(self, split, name: str) -> list[dict]:
-        if self.prompt_key not in split.column_names:
-            raise ValueError(
-                f"data: split '{name}' has no prompt column '{self.prompt_key}' (columns: {split.column_names})"
-            )
+        for column in [self.prompt_key, *self.fields]:
+            if column not in split.column_names:
+                raise ValueError(
+                    f"data: split '{name}' has no column '{column}' (columns: {split.column_names})"
+                )
         rows = []
         for i, row in enumerate(split):
             prompt = row[self.prompt_key]
@@ -92,10 +98,12 @@ class SPPODataModule(L.LightningDataModule):
                     f"data: split '{name}' row {i}: prompt is {len(ids)} tokens, above model.max_prompt_len={self.max_prompt_len}"
                 )
             answer = row.get(self.answer_key) if self.answer_key else None
-            rows.append(
-                {"prompt": prompt, "prompt_ids": ids, "answer": None if answer is None else str(answer)}
-            )
+            answer = None if answer is None else str(answer)
+            rows.append({"prompt": prompt, "prompt_ids": ids, "answer": answer, **self._fields(row)})
         return rows
+
+    def _fields(self, row: dict) -> dict:
+        return {k: row[k] for k in self.fields}
 
     def next_prompts(self, epoch: int) -> list[dict]:
         """The prompts of self-play iteration ``epoch``: seeded passes over the train split, wrapping around."""

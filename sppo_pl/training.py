@@ -100,7 +100,7 @@ def val_table(metrics_csv: Path) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    keys = [k for k in ("val/acc", "val/reward_mean") if any(k in r for r in rows)]
+    keys = [k for k in ("val/acc", "val/reward_mean", "val/win_rate") if any(k in r for r in rows)]
     lines = ["| iteration | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for r in rows:
         vals = " | ".join(f"{r[k]:.4f}" if k in r else "" for k in keys)

@@ -29,7 +29,8 @@ class Rollout:
     """One prompt's K sampled responses, scored.
 
     prompt_ids / response_ids are token ids (no padding); `scores` come from the oracle, `win_rate` is
-    P_hat(y_k > pi_t | x) and `ref_logps` is log pi_t(y_k | x) (sum over response tokens).
+    P_hat(y_k > pi_t | x) and `ref_logps` is log pi_t(y_k | x) (sum over response tokens). `fields` are the
+    dataset columns named in ``data.fields``, handed to the oracle with the answer.
     """
 
     prompt: str
@@ -41,6 +42,7 @@ class Rollout:
     win_rate: list[float] = field(default_factory=list)
     ref_logps: list[float] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    fields: dict = field(default_factory=dict)
 
     @property
     def k(self) -> int:

@@ -47,10 +47,18 @@ def test_every_rollout_option_instantiates(tmp_path, name):
     assert cb.sampling.n >= 2 and callable(cb.engine_factory) and cb.engine is None
 
 
+# options with a mandatory field (???): what a user must give
+REQUIRED = {
+    "reward=pairwise": ["reward.model_path=/models/pairwise"],
+    "reward=reward_model": ["reward.model_path=/models/rm"],
+    "reward=custom": ["reward._target_=callbacks.reward.MathReward"],
+}
+
+
 @pytest.mark.parametrize("group", ["reward", "callbacks", "logger"])
 def test_every_callback_and_logger_option_instantiates(tmp_path, group):
     for name in options(group):
-        node = make_cfg(tmp_path, [f"{group}={name}"])[group]
+        node = make_cfg(tmp_path, [f"{group}={name}", *REQUIRED.get(f"{group}={name}", [])])[group]
         objs = [instantiate(node)] if "_target_" in node else [instantiate(v) for v in node.values()]
         assert objs and all(o is not None for o in objs)
 

@@ -91,3 +91,22 @@ def test_rollouts_survive_a_checkpoint_round_trip(tiny_tokenizer):
     other = _dm(tiny_tokenizer, ["What is 1 + 1?"])
     other.load_state_dict(dm.state_dict())
     assert other.rollouts == rollouts and (other.rollout_epoch, other.rollout_step) == (3, 24)
+
+
+def test_named_fields_travel_with_every_prompt(tiny_tokenizer):
+    ds = DatasetDict(
+        train=Dataset.from_dict({"prompt": ["a?", "b?"], "answer": ["1", "2"], "level": [3, 5]}),
+        test=Dataset.from_dict({"prompt": ["c?"], "answer": ["3"], "level": [1]}),
+    )
+    dm = SPPODataModule(ds, tokenizer=tiny_tokenizer, fields=["level"], prompts_per_epoch=2)
+    dm.setup("fit")
+    assert sorted(p["level"] for p in dm.next_prompts(0)) == [3, 5]
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["level"] == [1] and batch["answer"] == ["3"]
+    with pytest.raises(
+        ValueError,
+        match="split 'train' has no column 'topic' \\(columns: \\['prompt', 'answer', 'level'\\]\\)",
+    ):
+        SPPODataModule(ds, tokenizer=tiny_tokenizer, fields=["topic"]).setup("fit")
+    with pytest.raises(ValueError, match="data.fields may not name \\['answer'\\]"):
+        SPPODataModule(ds, tokenizer=tiny_tokenizer, fields=["answer"])

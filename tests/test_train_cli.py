@@ -16,9 +16,11 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def run_train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+def run_train(tmp_path: Path, *overrides: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}  # as a user with no W&B account
     env["SPPO_MODELS_DIR"] = str(tmp_path / "models")
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
     flags = [o for o in overrides if o.startswith("-")]
     rest = [o for o in overrides if not o.startswith("-")]
     cmd = [sys.executable, "train.py", *flags, f"paths.log_dir={tmp_path / 'outputs'}", *rest]
@@ -133,3 +135,20 @@ def test_print_config(tmp_path):
         [sys.executable, "train.py", "--cfg", "job"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0 and "_target_: sppo_pl.module.SPPOModule" in proc.stdout
+
+
+def test_pairwise_oracle_run_logs_win_rate_against_the_start(tmp_path):
+    from sppo_pl.utils.tiny_model import build_tiny_classifier
+
+    judge = build_tiny_classifier(tmp_path / "models" / "tiny-pairwise")
+    run_train(tmp_path, "experiment=smoke", "reward=pairwise", f"reward.model_path={judge}", "task_name=pw")
+    run = only_run_dir(tmp_path, "pw")
+    rows = [json.loads(line) for line in (run / "rollouts/epoch_1.jsonl").read_text().splitlines()]
+    for r in rows:  # K = 2: P_hat = (1/2 + P(y_k > y_other)) / 2, so the two sum to 1
+        assert abs(sum(r["win_rate"]) - 1) < 1e-9 and len(r["scores"]) == 2
+    with (run / "metrics.csv").open() as f:
+        val = [r for r in csv.DictReader(f) if r.get("val/iteration")]
+    assert [float(r["val/iteration"]) for r in val] == [0.0, 1.0, 2.0]
+    assert not val[0].get("val/win_rate")  # the start is what later iterations are compared with
+    assert all(0.0 <= float(r["val/win_rate"]) <= 1.0 for r in val[1:])
+    assert not any(r.get("val/reward_mean") for r in val)  # a pairwise model has no pointwise score

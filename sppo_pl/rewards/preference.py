@@ -74,3 +74,62 @@ def symmetrize(pref: Tensor) -> Tensor:
     sym = (pref + 1 - pref.transpose(-1, -2)) / 2
     eye = torch.eye(pref.size(-1), dtype=torch.bool, device=pref.device)
     return sym.masked_fill(eye, 0.5)
+
+
+def ordered_pairs(k: int, both_orders: bool = True) -> list[tuple[int, int]]:
+    """The (i, j) pairs a pairwise model judges among K candidates: all i != j, or only i < j.
+
+    Row-major order, so [(0, 1), (0, 2), ..., (1, 0), ...] for ``both_orders``.
+    """
+    return [(i, j) for i in range(k) for j in range(k) if (i != j if both_orders else i < j)]
+
+
+def pair_logit_matrix(logits: Tensor, pairs: list[tuple[int, int]], k: int) -> Tensor:
+    """Log-odds L[i, j] that y_i beats y_j, from a pairwise model's outputs: [..., len(pairs)] -> [..., K, K].
+
+    ``logits[..., n]`` is the model's log-odds for candidate ``pairs[n][0]`` presented first against
+    ``pairs[n][1]``. With both orders judged, L[i, j] = (l(i, j) - l(j, i)) / 2 (both orders averaged in
+    log-odds, so L[j, i] = -L[i, j]); with one order, L[j, i] = -l(i, j). The diagonal is 0.
+    """
+    out = logits.new_zeros(*logits.shape[:-1], k, k)
+    for n, (i, j) in enumerate(pairs):
+        out[..., i, j] += logits[..., n]
+        out[..., j, i] -= logits[..., n]
+    judged = torch.zeros(k, k, dtype=logits.dtype, device=logits.device)
+    for i, j in pairs:
+        judged[i, j] += 1
+        judged[j, i] += 1
+    return out / judged.clamp(min=1)
+
+
+def pairwise_preference(logit_matrix: Tensor) -> Tensor:
+    """P(y_i > y_j | x) judged pair by pair: sigmoid(L[i, j]), [..., K, K] -> [..., K, K].
+
+    Each entry depends only on the two candidates it compares (and the prompt); P[i, j] + P[j, i] = 1.
+    """
+    return torch.sigmoid(logit_matrix)
+
+
+def joint_scores(logit_matrix: Tensor) -> Tensor:
+    """PairRM-style candidate scores from a log-odds matrix: s_i = mean_{j != i} L[i, j], [..., K, K] -> [..., K].
+
+    This is the ranking aggregate the original uclaml/SPPO fed into sigmoid(s_i - s_j) (llm-blender's
+    ``rank(..., return_scores=True)``): unlike :func:`pairwise_preference`, sigmoid(s_i - s_j) then depends
+    on every other candidate in the group, not only on y_i and y_j.
+    """
+    k = _check_square(logit_matrix, min_k=2)
+    return logit_matrix.sum(dim=-1) / (k - 1)
+
+
+def weighted_mean(values: Tensor, weights: list[float]) -> Tensor:
+    """sum_m w_m values[m] / sum_m w_m: [M, ...] -> [...]. Weights are >= 0 with a positive sum.
+
+    A weighted mean of preference matrices is again one (P[i, j] + P[j, i] = 1 is kept), and since
+    P_hat is a row mean, the mixed P_hat is the same weighted mean of the oracles' P_hat.
+    """
+    w = torch.tensor(weights, dtype=values.dtype, device=values.device)
+    if w.numel() != values.size(0):
+        raise ValueError(f"got {w.numel()} weights for {values.size(0)} oracles")
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights must be >= 0 with a positive sum, got {weights}")
+    return torch.tensordot(w, values, dims=1) / w.sum()

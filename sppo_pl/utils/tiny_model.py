@@ -68,8 +68,7 @@ def build_tiny_model(
         "seed": seed,
     }
     spec["init"] = initializer_range
-    stamp = out / "sppo_tiny.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == spec:
+    if _cached(out, spec):
         return out
     tokenizer = build_tokenizer()
     config = LlamaConfig(
@@ -91,6 +90,46 @@ def build_tiny_model(
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
+    return _save(out, model, tokenizer, spec)
+
+
+def build_tiny_classifier(out: str | Path, hidden_size: int = 64, num_layers: int = 2, seed: int = 0) -> Path:
+    """Create (once) and return a directory holding a random tiny ``LlamaForSequenceClassification`` with one
+    output and the same tokenizer: a stand-in reward model or pairwise preference model for tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    out = Path(out)
+    spec = {"kind": "classifier", "hidden": hidden_size, "layers": num_layers, "seed": seed}
+    if _cached(out, spec):
+        return out
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        num_labels=1,
+        initializer_range=0.2,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(config)
+    return _save(out, model, tokenizer, spec)
+
+
+def _cached(out: Path, spec: dict) -> bool:
+    stamp = out / "sppo_tiny.json"
+    return stamp.exists() and json.loads(stamp.read_text()) == spec
+
+
+def _save(out: Path, model, tokenizer, spec: dict) -> Path:
+    """Write model, tokenizer and spec stamp to a temporary sibling, then move it into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     model.save_pretrained(tmp)

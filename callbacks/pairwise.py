@@ -1,0 +1,101 @@
+"""``reward=pairwise``: a PairRM-style pairwise preference model as the oracle."""
+
+from __future__ import annotations
+
+import torch
+
+from callbacks.reward import RewardCallback
+from sppo_pl.rewards.classifier import PAIR_MARKERS, Classifier, encode, pair_input_ids, special_tokens
+from sppo_pl.rewards.preference import (
+    bradley_terry,
+    joint_scores,
+    ordered_pairs,
+    pair_logit_matrix,
+    pairwise_preference,
+)
+from sppo_pl.types import Rollout
+
+
+class PairwiseReward(RewardCallback):
+    """A model that reads ``(prompt, response_a, response_b)`` and returns the log-odds l(a, b) that a wins.
+
+    For each prompt's K samples it judges every ordered pair (``both_orders``, K (K - 1) inputs; else the
+    K (K - 1) / 2 pairs i < j), all prompts' pairs in one batched pass, and averages both presentation
+    orders: L[i, j] = (l(i, j) - l(j, i)) / 2. Then, by ``mode``:
+    - ``pairs`` (default): P(y_i > y_j) = sigmoid(L[i, j]), each pair judged on its own;
+    - ``joint``: PairRM's ranking as the original uclaml/SPPO used it, s_i = mean_j L[i, j] and
+      P = sigmoid(s_i - s_j), which makes a pair's preference depend on the other candidates.
+    The rollouts' ``scores`` are s_i (mean log-odds of beating the others). There is no pointwise score, so
+    validation logs ``val/win_rate`` against the starting policy (P(new > start) = sigmoid(L)) and no
+    ``val/reward_mean``.
+    """
+
+    has_scores = False
+
+    def __init__(
+        self,
+        model_path: str,
+        mode: str = "pairs",
+        both_orders: bool = True,
+        batch_size: int = 32,
+        max_prompt_tokens: int = 512,
+        max_response_tokens: int = 512,
+        markers: tuple[str, str, str] | list[str] = PAIR_MARKERS,
+        dtype: str = "float32",
+        device: str | None = None,
+        include_self: bool = True,
+    ):
+        super().__init__(include_self)
+        if mode not in ("pairs", "joint"):
+            raise ValueError(f"reward.mode must be 'pairs' or 'joint', got {mode!r}")
+        if len(markers) != 3:
+            raise ValueError(
+                f"reward.markers must be 3 strings (source, candidate 1, candidate 2), got {markers}"
+            )
+        self.model = Classifier(model_path, dtype, device, batch_size)
+        self.mode, self.both_orders, self.markers = mode, both_orders, list(markers)
+        self.max_prompt_tokens, self.max_response_tokens = max_prompt_tokens, max_response_tokens
+
+    def setup(self, trainer, pl_module, stage):
+        self.model.device = self.model.device or str(pl_module.device)
+
+    def pair_logits(self, prompts: list[str], a: list[str], b: list[str]) -> torch.Tensor:
+        """l(a_n, b_n) for each n: [N] log-odds that a_n beats b_n, each text tokenized once."""
+        tok = self.model.tokenizer
+        texts = list(dict.fromkeys([*prompts, *a, *b]))
+        ids = dict(zip(texts, encode(tok, texts)))
+        marker_ids, special = encode(tok, self.markers), special_tokens(tok)
+        inputs = [
+            pair_input_ids(
+                ids[x],
+                ids[ya],
+                ids[yb],
+                marker_ids,
+                special,
+                self.max_prompt_tokens,
+                self.max_response_tokens,
+            )
+            for x, ya, yb in zip(prompts, a, b)
+        ]
+        return self.model.logits(inputs)
+
+    def judge(self, rollouts: list[Rollout]) -> list[tuple[list[float], torch.Tensor]]:
+        ks = {r.k for r in rollouts}
+        if len(ks) != 1:
+            raise ValueError(f"every prompt needs the same number of samples, got {sorted(ks)}")
+        k = ks.pop()
+        pairs = ordered_pairs(k, self.both_orders)
+        logits = self.pair_logits(
+            [r.prompt for r in rollouts for _ in pairs],
+            [r.responses[i] for r in rollouts for i, _ in pairs],
+            [r.responses[j] for r in rollouts for _, j in pairs],
+        )
+        matrix = pair_logit_matrix(logits.double().view(len(rollouts), len(pairs)), pairs, k)
+        scores = joint_scores(matrix)
+        prefs = pairwise_preference(matrix) if self.mode == "pairs" else bradley_terry(scores)
+        return [(s.tolist(), p) for s, p in zip(scores, prefs)]
+
+    def compare(self, prompts, a, b, **fields):
+        """P(a_n > b_n) = sigmoid((l(a, b) - l(b, a)) / 2), both orders judged."""
+        ab, ba = self.pair_logits(prompts, a, b), self.pair_logits(prompts, b, a)
+        return torch.sigmoid((ab.double() - ba.double()) / 2).tolist()

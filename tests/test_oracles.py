@@ -1,0 +1,243 @@
+"""Preference oracles: pairwise model, reward model, user function, weighted mix; by hand and on tiny
+random classifiers built on the fly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from callbacks.combined_reward import CombinedReward
+from callbacks.function_reward import FunctionReward
+from callbacks.pairwise import PairwiseReward
+from callbacks.reward import MathReward, RewardCallback, rollout_fields
+from callbacks.reward_model import RewardModelReward
+from sppo_pl.rewards.classifier import classifier_logits, load_classifier, reward_input_ids
+from sppo_pl.rewards.function import check_scores, resolve_function
+from sppo_pl.rewards.preference import (
+    joint_scores,
+    ordered_pairs,
+    pair_logit_matrix,
+    pairwise_preference,
+    weighted_mean,
+)
+from sppo_pl.types import Rollout
+
+
+def sig(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def rollout(prompt: str, responses: list[str], answer: str | None = None, **fields) -> Rollout:
+    return Rollout(prompt, [], responses, [[] for _ in responses], answer, fields=fields)
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory):
+    from sppo_pl.utils.tiny_model import build_tiny_classifier
+
+    return build_tiny_classifier(tmp_path_factory.mktemp("models") / "tiny-classifier")
+
+
+# ---- pure functions ------------------------------------------------------------------------------------
+def test_ordered_pairs():
+    assert ordered_pairs(3) == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
+    assert ordered_pairs(3, both_orders=False) == [(0, 1), (0, 2), (1, 2)]
+
+
+def test_pair_logit_matrix_averages_both_orders_by_hand():
+    pairs = ordered_pairs(3)  # l(0,1)=1, l(0,2)=2, l(1,0)=-3, l(1,2)=0, l(2,0)=4, l(2,1)=1
+    m = pair_logit_matrix(torch.tensor([1.0, 2.0, -3.0, 0.0, 4.0, 1.0], dtype=torch.float64), pairs, 3)
+    # L[0,1] = (1 - -3)/2 = 2, L[0,2] = (2 - 4)/2 = -1, L[1,2] = (0 - 1)/2 = -0.5, antisymmetric, 0 diagonal
+    want = [[0.0, 2.0, -1.0], [-2.0, 0.0, -0.5], [1.0, 0.5, 0.0]]
+    torch.testing.assert_close(m, torch.tensor(want, dtype=torch.float64))
+    p = pairwise_preference(m)
+    assert p[0, 1].item() == pytest.approx(sig(2.0)) and p[2, 0].item() == pytest.approx(sig(1.0))
+    torch.testing.assert_close(p + p.T, torch.ones(3, 3, dtype=torch.float64))
+    # s_i = mean_{j != i} L[i, j]: (2 - 1)/2, (-2 - 0.5)/2, (1 + 0.5)/2
+    torch.testing.assert_close(joint_scores(m), torch.tensor([0.5, -1.25, 0.75], dtype=torch.float64))
+
+
+def test_pair_logit_matrix_one_order_and_batched():
+    pairs = ordered_pairs(2, both_orders=False)
+    m = pair_logit_matrix(torch.tensor([[3.0], [-1.0]]), pairs, 2)
+    assert m.tolist() == [[[0.0, 3.0], [-3.0, 0.0]], [[0.0, -1.0], [1.0, 0.0]]]
+
+
+def test_weighted_mean_by_hand_and_bad_weights():
+    v = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert weighted_mean(v, [3.0, 1.0]).tolist() == [0.75, 0.25]
+    with pytest.raises(ValueError, match="got 1 weights for 2 oracles"):
+        weighted_mean(v, [1.0])
+    with pytest.raises(ValueError, match=">= 0 with a positive sum"):
+        weighted_mean(v, [1.0, -1.0])
+
+
+def test_check_scores_names_the_source_and_row():
+    assert check_scores((1, 2.5), 2, "f") == [1.0, 2.5]
+    with pytest.raises(ValueError, match="f returned 1 scores for 2 responses"):
+        check_scores([1.0], 2, "f")
+    with pytest.raises(ValueError, match="f returned a non-finite score nan for row 1"):
+        check_scores([1.0, float("nan")], 2, "f")
+    with pytest.raises(ValueError, match="f must return one number per response"):
+        check_scores(["a", "b"], 2, "f")
+
+
+def test_resolve_function():
+    assert resolve_function("sppo_pl.rewards.function.brevity")([], ["a b", "c"]) == [-2.0, -1.0]
+    with pytest.raises(ValueError, match="reward.fn='nope.nothing' is not an importable function"):
+        resolve_function("nope.nothing")
+
+
+# ---- classifier oracles --------------------------------------------------------------------------------
+def test_batched_logits_equal_one_at_a_time(classifier_dir):
+    model, tok = load_classifier(str(classifier_dir))
+    inputs = [
+        tok(t)["input_ids"] for t in ["What is 1 + 2?", "3", "The answer is \\boxed{12}.", "7 * 8 = 56"]
+    ]
+    batched = classifier_logits(model, inputs, tok.pad_token_id, batch_size=3)
+    single = torch.cat([classifier_logits(model, [x], tok.pad_token_id, batch_size=1) for x in inputs])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+    assert batched.unique().numel() == 4  # a real function of the input
+
+
+def test_reward_model_scores_and_bradley_terry(classifier_dir):
+    rm = RewardModelReward(str(classifier_dir), batch_size=2, scale=2.0)
+    model, tok = load_classifier(str(classifier_dir))
+    r = rollout("What is 2 + 2?", ["4", "\\boxed{4}", "five"])
+    rm.score_rollouts([r])
+    want = [
+        classifier_logits(model, [reward_input_ids(tok, r.prompt, y, 2048)], tok.pad_token_id)[0].item()
+        for y in r.responses
+    ]
+    assert r.scores == pytest.approx(want, abs=1e-5)
+    s = r.scores  # P_hat_0 = (1/2 + sig(2 (s0 - s1)) + sig(2 (s0 - s2))) / 3
+    assert r.win_rate[0] == pytest.approx((0.5 + sig(2 * (s[0] - s[1])) + sig(2 * (s[0] - s[2]))) / 3)
+    assert rm.compare([r.prompt], ["4"], ["five"]) == pytest.approx([sig(2 * (s[0] - s[2]))], abs=1e-5)
+
+
+def test_pairwise_preferences_average_both_orders_of_the_model(classifier_dir):
+    pw = PairwiseReward(str(classifier_dir), batch_size=4)
+    r = rollout("What is 2 + 2?", ["4", "\\boxed{4}", "five"])
+    ((scores, pref),) = pw.judge([r])
+    x = [r.prompt]
+    for i, j in [(0, 1), (0, 2), (1, 2)]:
+        ij = pw.pair_logits(x, [r.responses[i]], [r.responses[j]])[0].item()
+        ji = pw.pair_logits(x, [r.responses[j]], [r.responses[i]])[0].item()
+        assert ij != ji  # order matters to the model: averaging is not a no-op
+        assert pref[i, j].item() == pytest.approx(sig((ij - ji) / 2), abs=1e-5)
+        assert pw.compare(x, [r.responses[i]], [r.responses[j]]) == pytest.approx(
+            [pref[i, j].item()], abs=1e-5
+        )
+    torch.testing.assert_close(pref + pref.T, torch.ones(3, 3, dtype=torch.float64))
+    assert torch.diagonal(pref).tolist() == [0.5] * 3
+    pw.score_rollouts([r])
+    assert r.win_rate == pytest.approx(pref.mean(dim=1).tolist()) and r.scores == pytest.approx(scores)
+
+
+def test_pairs_mode_is_independent_of_the_other_candidates_and_joint_mode_is_not(classifier_dir):
+    groups = [["4", "\\boxed{4}", "five"], ["4", "\\boxed{4}", "22 + 2 = 24"]]
+    for mode, same in (("pairs", True), ("joint", False)):
+        pw = PairwiseReward(str(classifier_dir), mode=mode)
+        p01 = [pw.judge([rollout("What is 2 + 2?", g)])[0][1][0, 1].item() for g in groups]
+        assert (abs(p01[0] - p01[1]) < 1e-6) is same, (mode, p01)
+
+
+def test_one_order_judges_half_the_pairs(classifier_dir):
+    pw = PairwiseReward(str(classifier_dir), both_orders=False)
+    seen = []
+    real = pw.model.logits
+    pw.model.logits = lambda inputs: seen.append(len(inputs)) or real(inputs)
+    ((_, pref),) = pw.judge([rollout("q", ["a", "b", "c", "d"])])
+    assert seen == [6]  # 4 * 3 / 2
+    ab = pw.pair_logits(["q"], ["a"], ["b"])[0].item()
+    assert pref[0, 1].item() == pytest.approx(sig(ab), abs=1e-5)
+
+
+def test_classifier_with_several_outputs_is_refused(tmp_path, classifier_dir):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    labels = {0: "worse", 1: "better"}
+    model = AutoModelForSequenceClassification.from_pretrained(
+        classifier_dir,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+        ignore_mismatched_sizes=True,
+    )
+    model.save_pretrained(tmp_path / "two")
+    AutoTokenizer.from_pretrained(classifier_dir).save_pretrained(tmp_path / "two")
+    with pytest.raises(ValueError, match="needs one output \\(num_labels=1\\), got num_labels=2"):
+        load_classifier(str(tmp_path / "two"))
+
+
+def test_pairwise_bad_mode():
+    with pytest.raises(ValueError, match="reward.mode must be 'pairs' or 'joint'"):
+        PairwiseReward("/models/x", mode="rank")
+
+
+# ---- function and combination --------------------------------------------------------------------------
+def keyword_echo(prompts, responses, answer, topic):
+    """Score 1 when the response names the row's topic and its answer."""
+    return [float(t in y and a in y) for y, a, t in zip(responses, answer, topic)]
+
+
+def test_function_oracle_gets_answers_and_dataset_fields():
+    fn = FunctionReward(f"{__name__}.keyword_echo", preference="hard", verifier=True)
+    rs = [
+        rollout("q1", ["cats 3", "3"], answer="3", topic="cats"),
+        rollout("q2", ["dogs", "dogs 5"], "5", topic="dogs"),
+    ]
+    assert rollout_fields(rs) == {"answer": ["3", "5"], "topic": ["cats", "dogs"]}
+    fn.score_rollouts(rs)
+    assert [r.scores for r in rs] == [[1.0, 0.0], [0.0, 1.0]]
+    assert [r.win_rate for r in rs] == [[0.75, 0.25], [0.25, 0.75]]
+    assert fn.is_verifier
+
+
+def test_function_oracle_errors_name_the_function():
+    fn = FunctionReward(lambda prompts, responses, **f: [1.0])
+    with pytest.raises(ValueError, match="reward.fn=.*<lambda>.*returned 1 scores for 2 responses"):
+        fn.score_rollouts([rollout("q", ["a", "b"])])
+    with pytest.raises(ValueError, match="reward.preference must be"):
+        FunctionReward("sppo_pl.rewards.function.brevity", preference="soft")
+
+
+def test_combined_oracle_mixes_preferences_by_weight():
+    mix = CombinedReward(
+        {
+            "correct": MathReward(),
+            "brief": FunctionReward("sppo_pl.rewards.function.brevity", scale=1.0),
+        },
+        weights={"correct": 3.0, "brief": 1.0},
+    )
+    r = rollout("What is 2 + 2?", ["\\boxed{4}", "it is \\boxed{5}"], answer="4")
+    mix.score_rollouts([r])
+    # correct: scores [1, 0], P[0,1] = 1; brief: scores [-1, -3], P[0,1] = sig(2)
+    p01 = (3 * 1.0 + 1 * sig(2.0)) / 4
+    assert r.win_rate == pytest.approx([(0.5 + p01) / 2, (0.5 + 1 - p01) / 2])
+    assert r.scores == pytest.approx([(3 * 1 - 1) / 4, (3 * 0 - 3) / 4])
+    assert mix.compare([r.prompt], r.responses[:1], r.responses[1:], answer=["4"]) == pytest.approx([p01])
+
+
+def test_combined_oracle_checks_names_and_weights():
+    with pytest.raises(ValueError, match="reward.weights names \\['x'\\], not in reward.oracles"):
+        CombinedReward({"a": MathReward()}, weights={"x": 1.0})
+    with pytest.raises(ValueError, match="reward.weights must be >= 0"):
+        CombinedReward({"a": MathReward()}, weights={"a": 0.0})
+
+
+def test_base_compare_is_the_preference_of_the_two_scores():
+    class Length(RewardCallback):
+        def score(self, prompts, responses, **fields):
+            return [float(len(y)) for y in responses]
+
+    class Short(RewardCallback):
+        def score(self, prompts, responses, **fields):
+            return [1.0]
+
+    assert Length().compare(["q", "q"], ["aaa", "a"], ["a", "a"]) == pytest.approx([sig(2.0), 0.5])
+    with pytest.raises(ValueError, match="Short returned 1 scores for 2 responses"):
+        Short().score_rollouts([rollout("q", ["a", "b"])])
+    with pytest.raises(NotImplementedError, match=r"RewardCallback must implement score\(\) or judge\(\)"):
+        RewardCallback().score_rollouts([rollout("q", ["a", "b"])])
