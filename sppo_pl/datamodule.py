@@ -8,6 +8,7 @@ with ``reload_dataloaders_every_n_epochs=1`` Lightning rebuilds :meth:`train_dat
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from dataclasses import asdict
@@ -18,7 +19,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from sppo_pl.data.common import check_prompt
 from sppo_pl.types import Rollout
+
+log = logging.getLogger(__name__)
 
 
 class SPPODataModule(L.LightningDataModule):
@@ -36,11 +40,12 @@ class SPPODataModule(L.LightningDataModule):
         max_val_prompts: int | None = None,
         seed: int = 0,
         fields: list[str] | None = None,
+        drop_overlong: bool = False,
     ):
         super().__init__()
         if prompts_per_epoch < 1 or batch_size < 1 or val_batch_size < 1:
             raise ValueError("data.prompts_per_epoch, data.batch_size and data.val_batch_size must be >= 1")
-        self.fields = list(fields or [])
+        self.fields, self.drop_overlong = list(fields or []), drop_overlong
         reserved = {"prompt", "prompt_ids", "answer"} & set(self.fields)
         if reserved:
             raise ValueError(f"data.fields may not name {sorted(reserved)}: the prompt and answer always go")
@@ -85,22 +90,40 @@ class SPPODataModule(L.LightningDataModule):
                 raise ValueError(
                     f"data: split '{name}' has no column '{column}' (columns: {split.column_names})"
                 )
-        rows = []
-        for i, row in enumerate(split):
-            prompt = row[self.prompt_key]
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(
-                    f"data: split '{name}' row {i}: field '{self.prompt_key}' is empty or not text"
-                )
-            ids = encode_prompt(self.tokenizer, prompt, self.system_prompt)
-            if len(ids) > self.max_prompt_len:
-                raise ValueError(
-                    f"data: split '{name}' row {i}: prompt is {len(ids)} tokens, above model.max_prompt_len={self.max_prompt_len}"
-                )
-            answer = row.get(self.answer_key) if self.answer_key else None
-            answer = None if answer is None else str(answer)
-            rows.append({"prompt": prompt, "prompt_ids": ids, "answer": answer, **self._fields(row)})
-        return rows
+        rows = [self._encode_row(row, name, i) for i, row in enumerate(split)]
+        kept = [r for r in rows if r is not None]
+        if len(kept) < len(rows):
+            log.warning(
+                "data: dropped %d of %d '%s' prompts above model.max_prompt_len=%d",
+                len(rows) - len(kept),
+                len(rows),
+                name,
+                self.max_prompt_len,
+            )
+        if not kept:
+            raise ValueError(
+                f"data: split '{name}' has no prompts within model.max_prompt_len={self.max_prompt_len}"
+            )
+        return kept
+
+    def _encode_row(self, row: dict, name: str, i: int) -> dict | None:
+        """One checked, tokenized row; None if over-long and ``drop_overlong``."""
+        prompt = check_prompt(row[self.prompt_key], f"split '{name}'", i, self.prompt_key)
+        ids = encode_prompt(self.tokenizer, prompt, self.system_prompt)
+        if len(ids) > self.max_prompt_len:
+            if self.drop_overlong:
+                return None
+            raise ValueError(
+                f"data: split '{name}' row {i}: prompt is {len(ids)} tokens, above "
+                f"model.max_prompt_len={self.max_prompt_len} (data.drop_overlong=true drops such rows)"
+            )
+        answer = row.get(self.answer_key) if self.answer_key else None
+        return {
+            "prompt": prompt if isinstance(prompt, str) else prompt[-1]["content"],
+            "prompt_ids": ids,
+            "answer": None if answer is None else str(answer),
+            **self._fields(row),
+        }
 
     def _fields(self, row: dict) -> dict:
         return {k: row[k] for k in self.fields}
@@ -173,15 +196,20 @@ def _epoch_to_train(trainer) -> int:
     return max(trainer.current_epoch, trainer.fit_loop.epoch_progress.current.processed)
 
 
-def encode_prompt(tokenizer, prompt: str, system_prompt: str | None = None) -> list[int]:
-    """Token ids of a user turn through the tokenizer's chat template (plain text if it has none)."""
+def encode_prompt(tokenizer, prompt: str | list[dict], system_prompt: str | None = None) -> list[int]:
+    """Token ids of a prompt through the tokenizer's chat template, ready for the assistant's turn.
+
+    ``prompt`` is a user turn's text or a list of chat messages (``{"role", "content"}``, ending with a user
+    turn); ``system_prompt`` goes first unless the messages hold a system turn. Without a chat template,
+    the messages' contents joined by blank lines are tokenized as plain text.
+    """
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}, *messages]
     if getattr(tokenizer, "chat_template", None):
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-            {"role": "user", "content": prompt}
-        ]
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
-    return tokenizer(prompt)["input_ids"]
+    return tokenizer("\n\n".join(m["content"] for m in messages))["input_ids"]
 
 
 @lru_cache(maxsize=4)

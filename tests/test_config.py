@@ -81,12 +81,29 @@ def test_every_model_option_composes(tmp_path, name):
     assert cfg.model.max_prompt_len > 0 and cfg.model.max_response_len > 0
 
 
+def data_overrides(name: str, root: Path) -> tuple[list[str], int, int]:
+    """Overrides that point a data option at a local copy of its source, and the (train, test) sizes."""
+    from tests import fixtures
+
+    if name == "arithmetic":
+        return ["data.dataset.n_train=16", "data.dataset.n_test=4"], 16, 4
+    if name == "local":
+        rows = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(10)]
+        path = fixtures.write_jsonl(root / "prompts.jsonl", rows)
+        return [f"data.dataset.train={path}", "data.dataset.test_size=3"], 7, 3
+    if name == "ultrafeedback":
+        return [f"data.dataset.path={fixtures.write_ultrafeedback(root)}", "data.dataset.test_size=2"], 3, 2
+    sizes = {"math": (4, 2), "gsm8k": (3, 1)}[name]
+    return [f"data.dataset.path={getattr(fixtures, f'write_{name}')(root)}"], *sizes
+
+
 @pytest.mark.parametrize("name", options("data"))
 def test_every_data_option_instantiates(tmp_path, tiny_tokenizer, name):
-    cfg = make_cfg(tmp_path, [f"data={name}", "data.dataset.n_train=16", "data.dataset.n_test=4"])
+    extra, n_train, n_test = data_overrides(name, tmp_path / "source")
+    cfg = make_cfg(tmp_path, [f"data={name}", *extra])
     dm = instantiate(cfg.data, tokenizer=tiny_tokenizer)
     dm.setup("fit")
-    assert len(dm.train_prompts) == 16 and len(dm.val_prompts) == 4
+    assert (len(dm.train_prompts), len(dm.val_prompts)) == (n_train, n_test)
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,7 @@ def test_next_prompts_cover_the_split_then_wrap(tiny_tokenizer):
 
 
 def test_bad_rows_name_split_row_and_field(tiny_tokenizer):
-    with pytest.raises(ValueError, match=r"split 'train' row 1: field 'prompt'"):
+    with pytest.raises(ValueError, match=r"split 'train' row 1, field 'prompt': empty prompt"):
         _dm(tiny_tokenizer, ["What is 1 + 1?", "  "])
     with pytest.raises(ValueError, match=r"row 0: prompt is \d+ tokens, above model.max_prompt_len=4"):
         _dm(tiny_tokenizer, ["What is 1 + 1?"], max_prompt_len=4)

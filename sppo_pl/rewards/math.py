@@ -61,10 +61,11 @@ def _parse(text: str, timeout: int | None) -> list:
     return parse(text, parsing_timeout=timeout)
 
 
-FALLBACKS = ("math_verify", "last_number", "none")
+FALLBACKS = ("math_verify", "last_number", "hash", "none")
 _NUMBER_PATTERN = r"-?\d[\d,]*(?:\.\d+)?"
 _NUMBER = re.compile(_NUMBER_PATTERN)
 _NUMERIC_LITERAL = re.compile(rf"\$?{_NUMBER_PATTERN}\$?")
+_HASH_NUMBER = re.compile(rf"####\s*\$?({_NUMBER_PATTERN})")
 
 
 def check_fallback(fallback: str, field: str = "fallback") -> str:
@@ -78,6 +79,7 @@ def _final_answer_text(response: str, fallback: str = "math_verify") -> str | No
     """The text handed to math-verify: ``$<last boxed>$`` if there is a box; otherwise, by ``fallback``,
     the whole response (math-verify's own extraction), ``$<last number in the text>$``, or None.
 
+    ``hash`` is GSM8K's format, the number after the last "####" (verl's strict GSM8K check).
     ``last_number`` is the flexible extraction of GSM8K-style scorers; unlike math-verify's extraction of a
     whole response, a response that merely restates the question ("200 - 90 = 10") cannot be read as the
     expression's value.
@@ -87,6 +89,9 @@ def _final_answer_text(response: str, fallback: str = "math_verify") -> str | No
         return f"${_normalize(boxed)}$"
     if fallback == "math_verify":
         return response
+    if fallback == "hash":
+        numbers = _HASH_NUMBER.findall(response)
+        return f"${numbers[-1]}$" if numbers else None
     numbers = _NUMBER.findall(response) if fallback == "last_number" else []
     return f"${numbers[-1]}$" if numbers else None
 

@@ -1,0 +1,41 @@
+"""``data=local``: prompts (and optional answers) from your own files.
+
+A ``.jsonl``, ``.json``, ``.parquet`` or ``.csv`` file read by ``datasets``; the prompt column holds text or
+chat messages (``[{"role": "user", "content": ...}, ...]``, ending with a user turn). Without a ``test``
+file, a seeded ``test_size`` rows of ``train`` are held out for validation. Every row is checked when the
+run starts: a bad one stops it with the file, the row and the field named.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sppo_pl.data.common import check_rows, read_file, with_test_split
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
+
+def read_prompts(path: str, prompt_key: str, answer_key: str | None) -> Dataset:
+    """The file's rows, checked, with the prompt column renamed ``prompt`` and the answer ``answer``."""
+    ds = read_file(path)
+    check_rows(ds, str(path), prompt_key, answer_key)
+    renames = {prompt_key: "prompt", **({answer_key: "answer"} if answer_key else {})}
+    return ds.rename_columns({k: v for k, v in renames.items() if k != v})
+
+
+def local_splits(
+    train: str,
+    test: str | None = None,
+    prompt_key: str = "prompt",
+    answer_key: str | None = "answer",
+    test_size: int = 64,
+    seed: int = 0,
+) -> DatasetDict:
+    """``train`` / ``test`` from ``train`` (and ``test``) files; ``answer_key: null`` for prompts only."""
+    from datasets import DatasetDict
+
+    splits = {"train": read_prompts(train, prompt_key, answer_key)}
+    if test is not None:
+        splits["test"] = read_prompts(test, prompt_key, answer_key)
+    return with_test_split(DatasetDict(splits), "test", test_size, seed)
