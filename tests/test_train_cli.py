@@ -43,7 +43,13 @@ def test_two_epoch_smoke_run_writes_every_artifact_and_trains_on_fresh_rollouts(
         f"+callbacks.alignment.record={record}",
     )
     run = only_run_dir(tmp_path, "smoke")
-    for name in ("config_resolved.yaml", ".hydra/config.yaml", "metrics.csv", "checkpoints/last.ckpt"):
+    for name in (
+        "config_resolved.yaml",
+        ".hydra/config.yaml",
+        "metrics.csv",
+        "checkpoints/last.ckpt",
+        "plots/loss.png",
+    ):
         assert (run / name).exists(), name
     for epoch in (0, 1):
         rows = [json.loads(line) for line in (run / f"rollouts/epoch_{epoch}.jsonl").read_text().splitlines()]
@@ -152,3 +158,4 @@ def test_pairwise_oracle_run_logs_win_rate_against_the_start(tmp_path):
     assert not val[0].get("val/win_rate")  # the start is what later iterations are compared with
     assert all(0.0 <= float(r["val/win_rate"]) <= 1.0 for r in val[1:])
     assert not any(r.get("val/reward_mean") for r in val)  # a pairwise model has no pointwise score
+    assert (run / "plots" / "win_rate.png").exists() and not (run / "plots" / "accuracy.png").exists()

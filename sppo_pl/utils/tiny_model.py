@@ -57,7 +57,7 @@ def build_tiny_model(
 ) -> Path:
     """Create (once) and return a directory holding a random tiny Llama and its tokenizer."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaForCausalLM
 
     out = Path(out)
     spec = {
@@ -71,19 +71,15 @@ def build_tiny_model(
     if _cached(out, spec):
         return out
     tokenizer = build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        max_position_embeddings=max_position_embeddings,
+    # initializer_range large enough that greedy decoding has clear winners
+    config = _llama_config(
+        tokenizer,
+        hidden_size,
+        num_layers,
+        num_heads,
+        max_position_embeddings,
+        initializer_range,
         tie_word_embeddings=True,
-        initializer_range=initializer_range,  # large enough that greedy decoding has clear winners
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
@@ -97,30 +93,37 @@ def build_tiny_classifier(out: str | Path, hidden_size: int = 64, num_layers: in
     """Create (once) and return a directory holding a random tiny ``LlamaForSequenceClassification`` with one
     output and the same tokenizer: a stand-in reward model or pairwise preference model for tests."""
     import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
     out = Path(out)
     spec = {"kind": "classifier", "hidden": hidden_size, "layers": num_layers, "seed": seed}
     if _cached(out, spec):
         return out
     tokenizer = build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        num_labels=1,
-        initializer_range=0.2,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
+    config = _llama_config(tokenizer, hidden_size, num_layers, 2, 2048, 0.2, num_labels=1)
     torch.manual_seed(seed)
     model = LlamaForSequenceClassification(config)
     return _save(out, model, tokenizer, spec)
+
+
+def _llama_config(tokenizer, hidden: int, layers: int, heads: int, ctx: int, init: float, **extra):
+    """A small Llama config over ``tokenizer`` (EOS ends turns, its own pad token, no BOS)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=ctx,
+        initializer_range=init,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        **extra,
+    )
 
 
 def _cached(out: Path, spec: dict) -> bool:
