@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from sppo_pl.data.common import check_prompt
+from sppo_pl.data.common import check_columns, check_prompt
 from sppo_pl.types import Rollout
 
 log = logging.getLogger(__name__)
@@ -85,11 +85,7 @@ class SPPODataModule(L.LightningDataModule):
         self.val_prompts = self._encode(val, "test")
 
     def _encode(self, split, name: str) -> list[dict]:
-        for column in [self.prompt_key, *self.fields]:
-            if column not in split.column_names:
-                raise ValueError(
-                    f"data: split '{name}' has no column '{column}' (columns: {split.column_names})"
-                )
+        check_columns(split, f"split '{name}'", [self.prompt_key, *self.fields])
         rows = [self._encode_row(row, name, i) for i, row in enumerate(split)]
         kept = [r for r in rows if r is not None]
         if len(kept) < len(rows):

@@ -107,7 +107,7 @@ def test_local_chat_messages_go_through_the_chat_template(tmp_path, tiny_tokeniz
             r"bad.jsonl row 0, field 'prompt': the last message must be a non-empty user turn",
         ),
         ('{"prompt": "ok", "answer": [1]}\n', r"bad.jsonl row 0, field 'answer': expected text or a number"),
-        ('{"text": "ok"}\n', r"bad.jsonl: no column 'prompt' \(columns: \['text'\]\)"),
+        ('{"text": "ok"}\n', r"bad.jsonl has no column 'prompt' \(columns: \['text'\]\)"),
     ],
 )
 def test_malformed_local_file_names_file_row_and_field(tmp_path, line, match):

@@ -17,13 +17,13 @@ FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "cs
 ROLES = ("system", "user", "assistant")
 
 
-def load_source(path: str, name: str | None = None, **kwargs: Any) -> DatasetDict:
+def load_source(path: str, name: str | None = None) -> DatasetDict:
     """``datasets.load_dataset(path, name)``: a hub dataset, or a local copy of one (a folder in the hub
     layout, e.g. ``data/train-00000-of-00001.parquet``)."""
     from datasets import load_dataset
 
     try:
-        return load_dataset(path, name, **kwargs)
+        return load_dataset(path, name)
     except Exception as e:
         raise ValueError(f"data: could not load dataset {path!r}{f' ({name})' if name else ''}: {e}") from e
 
@@ -66,7 +66,7 @@ def _check_json_lines(path: Path) -> None:
 def check_columns(ds: Dataset, where: str, columns: list[str]) -> None:
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
-        raise ValueError(f"data: {where}: no column {missing[0]!r} (columns: {ds.column_names})")
+        raise ValueError(f"data: {where} has no column {missing[0]!r} (columns: {ds.column_names})")
 
 
 def check_prompt(value: Any, where: str, row: int, field: str) -> str | list[dict]:
@@ -109,13 +109,11 @@ def check_rows(ds: Dataset, where: str, prompt_key: str, answer_key: str | None)
             check_answer(row[answer_key], where, i, answer_key)
 
 
-def with_test_split(ds: Dataset | DatasetDict, test_split: str, test_size: int, seed: int) -> DatasetDict:
+def with_test_split(ds: DatasetDict, test_split: str, test_size: int, seed: int) -> DatasetDict:
     """``train`` and ``test`` splits: the named test split if ``ds`` has one, else ``test_size`` rows held out
     of ``train`` (seeded)."""
-    from datasets import Dataset, DatasetDict
+    from datasets import DatasetDict
 
-    if isinstance(ds, Dataset):
-        ds = DatasetDict(train=ds)
     if test_split in ds:
         return DatasetDict(train=ds["train"], test=ds[test_split])
     if not 1 <= test_size < len(ds["train"]):
