@@ -44,8 +44,12 @@ class CombinedReward(RewardCallback):
         self.has_scores = all(o.has_scores for o in self.oracles)
 
     def setup(self, trainer, pl_module, stage):
-        for o in self.oracles:
+        for o in self.oracles:  # the oracles' own hooks (a user's may do more than place its model)
             o.setup(trainer, pl_module, stage)
+
+    def place(self, device):
+        for o in self.oracles:
+            o.place(device)
 
     def score(self, prompts, responses, **fields):
         per = [o.checked_score(prompts, responses, **fields) for o in self.oracles]

@@ -56,8 +56,8 @@ class PairwiseReward(RewardCallback):
         self.mode, self.both_orders, self.markers = mode, both_orders, list(markers)
         self.max_prompt_tokens, self.max_response_tokens = max_prompt_tokens, max_response_tokens
 
-    def setup(self, trainer, pl_module, stage):
-        self.model.device = self.model.device or str(pl_module.device)
+    def place(self, device):
+        self.model.device = self.model.device or str(device)
 
     def pair_logits(self, prompts: list[str], a: list[str], b: list[str]) -> torch.Tensor:
         """l(a_n, b_n) for each n: [N] log-odds that a_n beats b_n, each text tokenized once."""

@@ -41,6 +41,12 @@ class RewardCallback(L.Callback):
         self._val_start: dict[str, str] = {}
         self.history: list[dict] = []
 
+    def setup(self, trainer, pl_module, stage):
+        self.place(pl_module.device)
+
+    def place(self, device: str | torch.device) -> None:
+        """Put any model this oracle runs on ``device``, unless it was given one (``reward.device``)."""
+
     def score(self, prompts: list[str], responses: list[str], **fields: list) -> list[float]:
         """One score per (prompt, response); ``fields`` are the rows' dataset fields (``answer``, ...)."""
         raise NotImplementedError(f"{type(self).__name__} must implement score() or judge()")

@@ -30,8 +30,8 @@ class RewardModelReward(RewardCallback):
         self.model = Classifier(model_path, dtype, device, batch_size)
         self.max_length, self.scale = max_length, scale
 
-    def setup(self, trainer, pl_module, stage):
-        self.model.device = self.model.device or str(pl_module.device)
+    def place(self, device):
+        self.model.device = self.model.device or str(device)
 
     def score(self, prompts, responses, **fields):
         tok = self.model.tokenizer

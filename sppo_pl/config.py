@@ -21,12 +21,15 @@ def default_precision(accelerator: str = "auto") -> str:
 
 def register_resolvers() -> None:
     """``${project_root:}``, ``${sum:a,b}``, ``${not_env:NAME}`` (True when NAME is unset or empty),
-    ``${default_precision:accelerator}``."""
+    ``${default_precision:accelerator}``, ``${steps_per_iteration:prompts,batch,accumulate,devices,nodes}``."""
+    from sppo_pl.schedules import steps_per_iteration
+
     for name, fn in {
         "project_root": lambda: str(PROJECT_ROOT),
         "sum": lambda *xs: sum(xs),
         "not_env": lambda name: not os.environ.get(name),
         "default_precision": default_precision,
+        "steps_per_iteration": steps_per_iteration,
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -149,20 +149,29 @@ class SPPOSoftMeanLoss(SPPOLoss):
 
     target_i = eta * (r_i - SoftMean_eta(r)),   loss = mean_i (log pi_theta(y_i) - log pi_t(y_i) - target_i)^2
 
-    r are the oracle's scores (0/1 correctness on MATH). `group="batch"` takes the SoftMean over every
-    response in the batch, as verl does (it samples one response per prompt); `group="prompt"` takes it over
-    each prompt's K samples, closer to the paper. verl regresses each token's log-ratio on the target
-    (token-mean); here, as in the paper, the sequence log-ratio is used.
+    r are the oracle's scores (0/1 correctness on MATH). Where the SoftMean is taken (``group``):
+    - ``iteration``: over every response the self-play iteration sampled, on all ranks, as verl centres each
+      step's whole rollout batch (one response per prompt); :meth:`begin_iteration` gets those scores;
+    - ``batch``: over the responses of each training batch;
+    - ``prompt``: over each prompt's K samples, closer to the paper.
+    verl regresses each token's log-ratio on the target (token-mean); here, as in the paper, the sequence
+    log-ratio is used.
     """
 
     requires_pairs = False
 
     def __init__(self, eta: float = 1.0, group: str = "prompt"):
         super().__init__(eta)
-        if group not in ("prompt", "batch"):
-            raise ValueError(f"loss.group must be 'prompt' or 'batch', got {group!r}")
+        if group not in ("prompt", "batch", "iteration"):
+            raise ValueError(f"loss.group must be 'prompt', 'batch' or 'iteration', got {group!r}")
         self.group = group
         self.requires_pairs = group == "prompt"
+        self.centre: float | None = None
+
+    def begin_iteration(self, scores: Tensor) -> None:
+        """``group="iteration"``: SoftMean_eta of all the iteration's scores ([N, K], every rank's rollouts)."""
+        if self.group == "iteration":
+            self.centre = float(softmean(scores.reshape(-1).double(), self.eta))
 
     def forward(
         self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor
@@ -170,8 +179,12 @@ class SPPOSoftMeanLoss(SPPOLoss):
         r = scores.to(policy_logps.dtype)
         if self.group == "prompt":
             centre = softmean(r, self.eta, dim=-1, keepdim=True)
-        else:
+        elif self.group == "batch":
             centre = softmean(r.reshape(-1), self.eta)
+        elif self.centre is None:
+            raise RuntimeError("loss.group=iteration: begin_iteration() has not been given the scores")
+        else:
+            centre = r.new_tensor(self.centre)
         target = self.eta * (r - centre)
         log_ratio = policy_logps - ref_logps
         return _output((log_ratio - target) ** 2, log_ratio, target)

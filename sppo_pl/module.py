@@ -110,6 +110,14 @@ class SPPOModule(L.LightningModule):
                 shard_fsdp2(model, dp_mesh, precision, self.hparams.reshard_after_forward)
 
     # ---- Lightning -----------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        """A loss with a per-iteration statistic (``begin_iteration``, e.g. verl's SoftMean over all rollouts)
+        sees the scores of every rollout this iteration trains on (every rank holds them all)."""
+        begin = getattr(self.loss_fn, "begin_iteration", None)
+        rollouts = getattr(self.trainer.datamodule, "rollouts", None)
+        if begin is not None and rollouts:
+            begin(torch.tensor([r.scores for r in rollouts], dtype=torch.float64))
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logps = self.policy_logps(batch)
         out = self.loss_fn(logps, batch["ref_logps"], batch["win_rate"], batch["scores"])

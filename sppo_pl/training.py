@@ -19,8 +19,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     """Instantiate everything in order; every config error is raised before a model loads."""
     loss = instantiate(cfg.loss)
     check_loss(cfg, loss)
-    if cfg.model.get("prepare"):
-        instantiate(cfg.model.prepare)
+    prepare(cfg)
     check_model_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
@@ -42,6 +41,15 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return module, datamodule, trainer
+
+
+def prepare(cfg: DictConfig, model: bool = True) -> None:
+    """Fetch or build what the run reads before anything loads: ``model.prepare`` (unless ``model=False``),
+    then each ``prepare.*`` step in order (a reward model to fetch, a local dataset copy to write, ...)."""
+    steps = [cfg.model.get("prepare") if model else None, *(cfg.get("prepare") or {}).values()]
+    for step in steps:
+        if step is not None:
+            instantiate(step)
 
 
 def train(cfg: DictConfig) -> float | None:

@@ -12,6 +12,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_method, instantiate
 
 import sppo_pl.config  # noqa: F401  (resolvers)
+from sppo_pl.config import check_loss
+from sppo_pl.data import samples
 from sppo_pl.training import build
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -83,18 +85,17 @@ def test_every_model_option_composes(tmp_path, name):
 
 def data_overrides(name: str, root: Path) -> tuple[list[str], int, int]:
     """Overrides that point a data option at a local copy of its source, and the (train, test) sizes."""
-    from tests import fixtures
 
     if name == "arithmetic":
         return ["data.dataset.n_train=16", "data.dataset.n_test=4"], 16, 4
     if name == "local":
         rows = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(10)]
-        path = fixtures.write_jsonl(root / "prompts.jsonl", rows)
+        path = samples.write_jsonl(root / "prompts.jsonl", rows)
         return [f"data.dataset.train={path}", "data.dataset.test_size=3"], 7, 3
     if name == "ultrafeedback":
-        return [f"data.dataset.path={fixtures.write_ultrafeedback(root)}", "data.dataset.test_size=2"], 3, 2
+        return [f"data.dataset.path={samples.write_ultrafeedback(root)}", "data.dataset.test_size=2"], 3, 2
     sizes = {"math": (4, 2), "gsm8k": (3, 1)}[name]
-    return [f"data.dataset.path={getattr(fixtures, f'write_{name}')(root)}"], *sizes
+    return [f"data.dataset.path={getattr(samples, f'write_{name}')(root)}"], *sizes
 
 
 @pytest.mark.parametrize("name", options("data"))
@@ -139,3 +140,81 @@ def test_lengths_beyond_context_fail(tmp_path, tiny_model_dir):
 def test_unknown_loss_name_is_a_clear_error(tmp_path):
     with pytest.raises(Exception, match="loss/nope"):
         make_cfg(tmp_path, ["loss=nope"])
+
+
+def _recipe_parts(tmp_path, tokenizer, overrides: list[str]) -> dict:
+    """Every part of a recipe instantiated as train.py would, short of loading its 7B model: the data source
+    pointed at a local copy in the hub layout, the model's fetch step only checked to be callable."""
+    cfg = make_cfg(tmp_path, overrides)
+    assert callable(get_method(cfg.model.prepare._target_))
+    loss = instantiate(cfg.loss)
+    check_loss(cfg, loss)
+    opt = instantiate(cfg.optim.optimizer)([torch.nn.Parameter(torch.zeros(2))])
+    dm = instantiate(cfg.data, tokenizer=tokenizer)
+    dm.setup("fit")
+    return {
+        "cfg": cfg,
+        "loss": loss,
+        "opt": opt,
+        "sched": instantiate(cfg.optim.scheduler)(opt),
+        "dm": dm,
+        "reward": instantiate(cfg.reward),
+        "rollout": instantiate(cfg.rollout),
+        "trainer": instantiate(cfg.trainer, logger=False, enable_checkpointing=False),
+    }
+
+
+def test_verl_math_recipe_instantiates_with_its_settings(tmp_path, tiny_tokenizer):
+    source = samples.write_math(tmp_path / "math")
+    got = _recipe_parts(
+        tmp_path, tiny_tokenizer, ["experiment=verl_math_qwen2.5_7b", f"data.dataset.path={source}"]
+    )
+    cfg, trainer = got["cfg"], got["trainer"]
+    assert (
+        cfg.model.path.endswith("Qwen2.5-7B-Instruct")
+        and cfg.model.prepare.repo_id == "Qwen/Qwen2.5-7B-Instruct"
+    )
+    assert (cfg.model.max_prompt_len, cfg.model.max_response_len) == (1024, 512)
+    loss = got["loss"]
+    assert type(loss).__name__ == "SPPOSoftMeanLoss" and (loss.eta, loss.group) == (1.0, "iteration")
+    assert type(got["reward"]).__name__ == "MathReward"
+    s = got["rollout"].sampling
+    assert (s.n, s.temperature, s.top_p, s.max_tokens) == (1, 1.0, 1.0, 512)
+    group = got["opt"].param_groups[0]
+    assert type(got["opt"]).__name__ == "AdamW" and group["weight_decay"] == 0.01
+    lrs = []
+    for _ in range(17):
+        lrs.append(got["opt"].param_groups[0]["lr"])
+        got["opt"].step()
+        got["sched"].step()
+    assert lrs[0] == 0 and lrs[14] < 1e-6 and lrs[15] == lrs[16] == pytest.approx(1e-6)  # 15 warmup steps
+    assert (trainer.num_devices, trainer.accumulate_grad_batches, trainer.max_epochs) == (4, 8, 140)
+    assert type(trainer.strategy).__name__ == "ModelParallelStrategy" and trainer.gradient_clip_val == 1.0
+    assert cfg.data.batch_size * 4 * 8 == 256 and cfg.data.prompts_per_epoch == 1024
+    assert len(got["dm"].val_prompts) == 2 and got["dm"].fields == ["level", "type"]  # the whole test split
+
+
+def test_uclaml_recipe_instantiates_with_its_settings(tmp_path, tiny_tokenizer):
+    source = samples.write_ultrafeedback(tmp_path / "uf")
+    overrides = [
+        "experiment=uclaml_ultrafeedback_mistral7b",
+        "reward.model_path=/models/pairwise",
+        f"data.dataset.path={source}",
+        "data.dataset.test_size=2",
+    ]
+    got = _recipe_parts(tmp_path, tiny_tokenizer, overrides)
+    cfg, trainer, reward = got["cfg"], got["trainer"], got["reward"]
+    assert cfg.model.prepare.repo_id == "mistralai/Mistral-7B-Instruct-v0.2"
+    assert type(got["loss"]).__name__ == "SPPOPairLoss" and got["loss"].eta == 1000.0
+    assert type(reward).__name__ == "PairwiseReward" and reward.mode == "joint" and reward.include_self
+    s = got["rollout"].sampling
+    assert (s.n, s.temperature, s.top_p) == (5, 0.7, 0.9)
+    assert type(got["opt"]).__name__ == "RMSprop" and got["opt"].param_groups[0]["weight_decay"] == 0.0
+    assert cfg.optim.scheduler.steps_per_iteration == 313  # 20,000 prompts / (8 per GPU x 8 GPUs)
+    got["opt"].step()
+    got["sched"].step()
+    assert got["opt"].param_groups[0]["lr"] == pytest.approx(5e-7 / 32)  # warmup: 32 steps (10% of 313)
+    assert (trainer.num_devices, trainer.max_epochs, cfg.data.batch_size * 8) == (8, 3, 64)
+    assert cfg.optimized_metric == "val/win_rate"
+    with pytest.raises(Exception, match="model_path"):
+        instantiate(make_cfg(tmp_path, ["experiment=uclaml_ultrafeedback_mistral7b"]).reward)

@@ -10,10 +10,10 @@ from sppo_pl.data.gsm8k import gsm8k_splits
 from sppo_pl.data.local import local_splits
 from sppo_pl.data.math_lighteval import INSTRUCTION as MATH_INSTRUCTION
 from sppo_pl.data.math_lighteval import math_splits
+from sppo_pl.data.samples import write_gsm8k, write_jsonl, write_math, write_ultrafeedback
 from sppo_pl.data.ultrafeedback import ultrafeedback_splits
 from sppo_pl.datamodule import SPPODataModule
 from sppo_pl.rewards.math import is_correct
-from tests.fixtures import write_gsm8k, write_jsonl, write_math, write_ultrafeedback
 
 
 def test_math_as_verl_prepares_it(tmp_path):

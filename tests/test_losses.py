@@ -209,3 +209,26 @@ def test_dpo_matches_logsigmoid_definition():
     out = DPOLoss(beta=0.5)(pol, ref, win, win)
     lr = pol - ref
     torch.testing.assert_close(out.losses, -F.logsigmoid(0.5 * (lr[:, 0] - lr[:, 2])))
+
+
+def test_softmean_over_the_iteration_centres_each_batch_on_every_rollout():
+    """group=iteration: verl's centre over the step's whole rollout batch, applied to any training batch."""
+    loss = SPPOSoftMeanLoss(eta=1, group="iteration")
+    with pytest.raises(RuntimeError, match="begin_iteration"):
+        loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.full((2, 1), 0.5), torch.zeros(2, 1))
+    # all 4 rollouts' scores [1, 0, 0, 1]: c = log((e + 1 + 1 + e) / 4) = log((e + 1) / 2) = 0.6201145
+    loss.begin_iteration(torch.tensor([[1.0], [0.0], [0.0], [1.0]]))
+    assert loss.centre == pytest.approx(0.6201145, abs=1e-7)
+    # a batch of two of them, log-ratios [0.5, -0.5]: targets [1 - c, -c] = [0.3798855, -0.6201145]
+    # residuals [0.1201145, 0.1201145] -> squares 0.0144275 each
+    out = loss(
+        torch.tensor([[0.5], [-0.5]]),
+        torch.zeros(2, 1),
+        torch.full((2, 1), 0.5),
+        torch.tensor([[1.0], [0.0]]),
+    )
+    assert out.loss.item() == pytest.approx(0.0144275, abs=1e-6)
+    assert out.target.item() == pytest.approx((0.3798855 - 0.6201145) / 2, abs=1e-6)
+    # the batch's own SoftMean would differ: log((e + 1) / 2) over these two is the same here, so check [1, 1]
+    out = loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.full((2, 1), 0.5), torch.ones(2, 1))
+    assert out.target.item() == pytest.approx(1 - 0.6201145, abs=1e-6)  # batch-centred would give 0

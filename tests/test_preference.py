@@ -64,9 +64,13 @@ def test_symmetrize_keeps_a_consistent_matrix():
     torch.testing.assert_close(symmetrize(p), p)
 
 
-def test_bad_shapes():
+def test_one_sample_wins_half_against_itself_and_is_undefined_without_itself():
+    assert win_rate(hard_preference(torch.tensor([[1.0]]))).tolist() == [[0.5]]
     with pytest.raises(ValueError, match="K >= 2"):
-        win_rate(torch.tensor([[0.5]]))
+        win_rate(torch.tensor([[0.5]]), include_self=False)
+
+
+def test_bad_shapes():
     with pytest.raises(ValueError, match=r"\[\.\.\., K, K\]"):
         win_rate(torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"\[\.\.\., K, K\]"):

@@ -16,14 +16,18 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def run_train(tmp_path: Path, *overrides: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+def run_train(
+    tmp_path: Path, *overrides: str, pythonpath: Path | None = None, entry: tuple[str, ...] = ("train.py",)
+) -> subprocess.CompletedProcess:
+    """``python train.py`` (or another Hydra ``entry``, e.g. ``("-m", "sppo_pl.eval")``) with these overrides."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}  # as a user with no W&B account
     env["SPPO_MODELS_DIR"] = str(tmp_path / "models")
+    env["SPPO_DATA_DIR"] = str(tmp_path / "data")
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
     flags = [o for o in overrides if o.startswith("-")]
     rest = [o for o in overrides if not o.startswith("-")]
-    cmd = [sys.executable, "train.py", *flags, f"paths.log_dir={tmp_path / 'outputs'}", *rest]
+    cmd = [sys.executable, *entry, *flags, f"paths.log_dir={tmp_path / 'outputs'}", *rest]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc

@@ -56,9 +56,11 @@ def win_rate(pref: Tensor, include_self: bool = True) -> Tensor:
     """P_hat(y_i > pi_t | x) = mean_j P(y_i > y_j | x): [..., K, K] -> [..., K]   (paper eq. 4.7).
 
     The y_j are the K samples drawn from pi_t. ``include_self=True`` averages over all K of them, j = i
-    included (its entry is 1/2), as uclaml/SPPO computes it; ``False`` averages over the K - 1 others.
+    included (its entry is 1/2), as uclaml/SPPO computes it; ``False`` averages over the K - 1 others. With
+    one sample (verl's recipe samples one response per prompt and trains on scores) the win rate including
+    itself is 1/2, and without itself undefined.
     """
-    k = _check_square(pref, min_k=2)
+    k = _check_square(pref, min_k=1 if include_self else 2)
     if include_self:
         return pref.mean(dim=-1)
     diagonal = torch.diagonal(pref, dim1=-2, dim2=-1)

@@ -42,6 +42,9 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# what a model directory needs from a hub repository (no .bin / .pth duplicates, no original/ folders)
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+
 
 class FetchError(RuntimeError):
     """A step of fetching or converting the model failed; the message names the step and the file."""
@@ -171,11 +174,34 @@ def fetch_smollm2(out: str | Path) -> Path:
     return out
 
 
+def fetch_hub(repo_id: str, out: str | Path, revision: str | None = None) -> Path:
+    """Download a Hugging Face hub model (``repo_id``) to the directory ``out`` once; a no-op if ``out``
+    already holds a model. Staged and renamed like :func:`fetch_smollm2`, so a cut download leaves nothing."""
+    out = Path(out).resolve()
+    if is_model_dir(out):
+        return out
+    check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from huggingface_hub import snapshot_download
+
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        snapshot_download(repo_id, revision=revision, local_dir=stage, allow_patterns=HUB_FILES)
+        if not is_model_dir(stage):
+            raise FetchError(f"step 'download': {repo_id} has no config.json, *.safetensors or tokenizer")
+        publish(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out
+
+
 def publish(stage: Path, out: Path) -> None:
     """Atomically rename the finished ``stage`` to ``out``; fine if a concurrent run got there first."""
     stage.chmod(0o755)  # mkdtemp makes it 0700 and safetensors writes 0600 files
     for file in stage.iterdir():
-        file.chmod(0o644)
+        if file.is_file():
+            file.chmod(0o644)
     try:
         os.replace(stage, out)
     except OSError as err:

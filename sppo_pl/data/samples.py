@@ -1,5 +1,6 @@
-"""Small local copies of the prompt sources, in each source's real format and hub layout (the hub is
-unreachable here). Contents are made up for the tests; the columns, file names and layout are the sources'."""
+"""Small local copies of the prompt sources, in each source's real format and hub layout, for the tests and
+the recipes' CPU twins (which run where the hub is unreachable). The rows are made up; the columns, file names
+and layout are the sources'. Each writer returns the folder to give as ``data.dataset.path``."""
 
 from __future__ import annotations
 
@@ -42,18 +43,20 @@ def _parquet(rows: list[dict], path: Path) -> None:
     Dataset.from_list(rows).to_parquet(str(path))
 
 
-def write_math(root: Path) -> Path:
+def write_math(root: str | Path) -> Path:
     """DigitalLearningGmbH/MATH-lighteval: data/{train,test}-00000-of-00001.parquet, columns problem, level,
     solution, type."""
+    root = Path(root)
     rows = [{"problem": p, "level": lv, "solution": s, "type": t} for p, lv, s, t in MATH_ROWS]
     _parquet(rows[:4], root / "data" / "train-00000-of-00001.parquet")
     _parquet(rows[4:], root / "data" / "test-00000-of-00001.parquet")
     return root
 
 
-def write_gsm8k(root: Path) -> Path:
+def write_gsm8k(root: str | Path) -> Path:
     """openai/gsm8k: README.md declaring the configs, main/{train,test}-00000-of-00001.parquet, columns
     question, answer."""
+    root = Path(root)
     rows = [{"question": q, "answer": a} for q, a in GSM8K_ROWS]
     _parquet(rows[:3], root / "main" / "train-00000-of-00001.parquet")
     _parquet(rows[3:], root / "main" / "test-00000-of-00001.parquet")
@@ -64,9 +67,10 @@ def write_gsm8k(root: Path) -> Path:
     return root
 
 
-def write_ultrafeedback(root: Path) -> Path:
+def write_ultrafeedback(root: str | Path) -> Path:
     """openbmb/UltraFeedback: one train split, columns source, instruction, models, completions,
     correct_answers, incorrect_answers."""
+    root = Path(root)
     rows = [
         {
             "source": "evol_instruct",

@@ -1,0 +1,250 @@
+"""Evaluate a trained policy on a dataset's test split, with vLLM, under any oracle.
+
+python -m sppo_pl.eval policy=outputs/train/runs/<run>          # a run directory (its hf_model or last.ckpt)
+python -m sppo_pl.eval policy=<run>/checkpoints/last.ckpt        # a checkpoint: file or sharded folder
+python -m sppo_pl.eval policy=/models/my-model start_model=/models/base   # any Hugging Face directory
+python -m sppo_pl.eval                                           # the starting model alone
+python -m sppo_pl.eval experiment=smoke policy=...               # every train option (data=, reward=, ...)
+
+For the policy and the model it started from it reports greedy accuracy (``acc``; ``reward_mean`` for a
+scoring oracle), ``mean@n`` and ``pass@k`` over ``eval.samples`` sampled responses per prompt, and the
+policy's ``win_rate`` against the starting model's greedy responses under the run's oracle (``reward=``).
+Both models run in one engine: the starting model's weights first, then the policy's streamed in place.
+Results go to the run directory: ``eval.json``, ``eval.md`` (the table) and ``responses.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import sppo_pl.config  # noqa: F401  (registers the resolvers the configs use)
+from sppo_pl.metrics import greedy_metrics, sample_metrics
+from sppo_pl.rollout.base import SamplingConfig, request_seeds
+
+log = logging.getLogger(__name__)
+ARCH_KEYS = ("architectures", "hidden_size", "num_hidden_layers", "vocab_size", "num_attention_heads")
+
+
+@dataclass
+class Policy:
+    """What to evaluate: a Hugging Face directory or a Lightning checkpoint, and the model it started from."""
+
+    path: Path
+    is_checkpoint: bool
+    start_model: str | None
+
+    def weights(self, dtype: str) -> torch.nn.Module:
+        from sppo_pl.export import load_policy_from_checkpoint
+        from sppo_pl.module import load_policy
+
+        if self.is_checkpoint:
+            return load_policy_from_checkpoint(self.path).to(getattr(torch, dtype))
+        return load_policy(str(self.path), dtype)
+
+
+def resolve_policy(path: str) -> Policy:
+    """``policy=``: a Hugging Face directory, a run directory (its ``hf_model``, else its last checkpoint), or
+    a checkpoint (a file, or a sharded folder)."""
+    from sppo_pl.export import checkpoint_model_path
+    from sppo_pl.training import resolve_ckpt
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"policy={path} does not exist")
+    if (p / "config.json").exists():
+        return Policy(p, False, run_start_model(p.parent))
+    if (p / "hf_model" / "config.json").exists():
+        return Policy(p / "hf_model", False, run_start_model(p))
+    if p.is_dir() and not (p / "checkpoints" / "last.ckpt").exists() and not (p / "meta.pt").exists():
+        raise FileNotFoundError(
+            f"policy={path} is neither a Hugging Face model directory (config.json), a run directory "
+            "(hf_model/ or checkpoints/last.ckpt) nor a checkpoint"
+        )
+    ckpt = Path(resolve_ckpt(path))
+    return Policy(ckpt, True, checkpoint_model_path(ckpt))
+
+
+def run_start_model(run_dir: Path) -> str | None:
+    """The ``model.path`` a training run started from, read from its ``config_resolved.yaml``."""
+    cfg_file = run_dir / "config_resolved.yaml"
+    if not cfg_file.exists():
+        return None
+    return OmegaConf.select(OmegaConf.load(cfg_file), "model.path")
+
+
+def check_same_architecture(start: str, policy: str) -> None:
+    """The policy's weights stream into an engine built from ``start``: their shapes must agree."""
+    a, b = (json.loads((Path(p) / "config.json").read_text()) for p in (start, policy))
+    differ = [k for k in ARCH_KEYS if a.get(k) != b.get(k)]
+    if differ:
+        raise ValueError(
+            f"start_model {start} and policy {policy} differ in {differ}: the win rate runs both in one "
+            "engine; give the policy's own start_model=, or eval.compare_to_start=false"
+        )
+
+
+def check_pass_at(pass_at: list[int] | None, samples: int) -> list[int]:
+    """``eval.pass_at`` (default ``[eval.samples]``): each k within 1..samples."""
+    ks = [int(k) for k in (pass_at or ([samples] if samples else []))]
+    bad = [k for k in ks if not 1 <= k <= samples]
+    if bad:
+        raise ValueError(f"eval.pass_at {bad} must lie in 1..eval.samples ({samples})")
+    return ks
+
+
+def row_fields(prompts: list[dict], names: list[str], repeat: int = 1) -> dict[str, list]:
+    """The dataset fields (``answer`` and ``data.fields``) of each prompt, each repeated ``repeat`` times."""
+    return {k: [p[k] for p in prompts for _ in range(repeat)] for k in ["answer", *names]}
+
+
+def generate(engine, prompts: list[dict], ev: DictConfig, seed: int) -> dict:
+    """Greedy responses and ``ev.samples`` sampled responses per prompt (seeded per prompt)."""
+    ids = [p["prompt_ids"] for p in prompts]
+    greedy = engine.generate(ids, SamplingConfig(1, 0.0, 1.0, ev.max_tokens))
+    out = {"greedy": [g.texts[0] for g in greedy], "samples": None}
+    if ev.samples:
+        sampling = SamplingConfig(ev.samples, ev.temperature, ev.top_p, ev.max_tokens)
+        out["samples"] = [g.texts for g in engine.generate(ids, sampling, request_seeds(seed, 0, len(ids)))]
+    return out
+
+
+def model_metrics(oracle, prompts: list[dict], names: list[str], gen: dict, pass_at: list[int]) -> dict:
+    """Greedy and sampled metrics of one model's responses (none for an oracle without scores)."""
+    if not oracle.has_scores:
+        return {}
+    texts = [p["prompt"] for p in prompts]
+    scores = oracle.checked_score(texts, gen["greedy"], **row_fields(prompts, names))
+    gen["greedy_scores"] = scores
+    out = greedy_metrics(scores, oracle.is_verifier)
+    if gen["samples"]:
+        n = len(gen["samples"][0])
+        flat = oracle.checked_score(
+            [x for x in texts for _ in range(n)],
+            [y for ys in gen["samples"] for y in ys],
+            **row_fields(prompts, names, repeat=n),
+        )
+        grid = torch.tensor(flat, dtype=torch.float64).view(len(prompts), n)
+        gen["sample_scores"] = grid.tolist()
+        out |= sample_metrics(grid, oracle.is_verifier, pass_at)
+    return out
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Generate, score and write ``eval.json``, ``eval.md`` and ``responses.jsonl``; returns the results."""
+    from sppo_pl.training import prepare
+
+    ev, out = cfg.eval, Path(cfg.paths.output_dir)
+    pass_at = check_pass_at(ev.pass_at, ev.samples)
+    out.mkdir(parents=True, exist_ok=True)
+    policy = resolve_policy(cfg.policy) if cfg.get("policy") else None
+    start = cfg.get("start_model") or (policy.start_model if policy else None)
+    prepare(cfg, model=policy is None and start is None)  # model.prepare only when model.path is evaluated
+    start = start or (None if policy else str(cfg.model.path))
+    oracle = instantiate(cfg.reward)
+    oracle.place("cuda" if torch.cuda.is_available() else "cpu")
+    compare = bool(policy and start and ev.compare_to_start)
+    base = engine_base(policy, start, compare)
+    prompts, names = eval_prompts(cfg, base)
+    gens = generate_all(cfg, instantiate(ev.engine)(base), prompts, policy, base, compare)
+    write_responses(out / "responses.jsonl", prompts, names, gens)  # before scoring: nothing is lost
+    metrics = {role: model_metrics(oracle, prompts, names, g, pass_at) for role, g in gens.items()}
+    if compare:
+        texts, fields = [p["prompt"] for p in prompts], row_fields(prompts, names)
+        wins = oracle.compare(texts, gens["policy"]["greedy"], gens["start"]["greedy"], **fields)
+        metrics["policy"]["win_rate"] = sum(wins) / len(wins)
+    write_responses(out / "responses.jsonl", prompts, names, gens)
+    paths = {"start": start if "start" in gens else None, "policy": policy and str(policy.path)}
+    results = {
+        **paths,
+        "reward": cfg.reward._target_,
+        "n_prompts": len(prompts),
+        "samples": ev.samples,
+        "metrics": metrics,
+    }
+    (out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = format_eval_table(metrics, paths)
+    (out / "eval.md").write_text(table + "\n")
+    print(table)
+    log.info("evaluation written to %s", out)
+    return results
+
+
+def eval_prompts(cfg: DictConfig, tokenizer_path: str) -> tuple[list[dict], list[str]]:
+    """The test split's prompts, tokenized as training validates them (``data.max_val_prompts`` of them),
+    and the names of the fields handed to the oracle."""
+    from transformers import AutoTokenizer
+
+    dm = instantiate(cfg.data, tokenizer=AutoTokenizer.from_pretrained(tokenizer_path))
+    dm.setup("validate")
+    return dm.val_prompts, dm.fields
+
+
+def generate_all(cfg, engine, prompts: list[dict], policy: Policy | None, base: str, compare: bool) -> dict:
+    """Each model's responses: the start model's first (as loaded), then the policy's weights streamed in
+    (unless the engine loaded the policy's own directory)."""
+    gens = {}
+    if compare or policy is None:
+        gens["start"] = generate(engine, prompts, cfg.eval, cfg.seed)
+    if policy is not None:
+        if base != str(policy.path):
+            engine.sync_weights(_named_weights(policy.weights(cfg.model.dtype)))
+        gens["policy"] = generate(engine, prompts, cfg.eval, cfg.seed)
+    return gens
+
+
+def engine_base(policy: Policy | None, start: str | None, compare: bool) -> str:
+    """The model directory the engine loads: the start model when it runs too (the policy's weights then
+    stream in), else the policy's directory, or for a checkpoint the model it was trained from."""
+    if policy is None:
+        return start
+    if compare:
+        check_same_architecture(start, policy.start_model if policy.is_checkpoint else str(policy.path))
+        return start
+    return policy.start_model if policy.is_checkpoint else str(policy.path)
+
+
+def _named_weights(model: torch.nn.Module):
+    from sppo_pl.distributed import full_named_weights
+
+    return full_named_weights(model)
+
+
+def write_responses(path: Path, prompts: list[dict], names: list[str], gens: dict) -> None:
+    """One line per prompt: the prompt, its answer and fields, and each model's responses (and scores)."""
+    tmp = path.with_suffix(".jsonl.tmp")
+    with tmp.open("w") as f:
+        for i, p in enumerate(prompts):
+            row = {"prompt": p["prompt"], "answer": p["answer"], **{k: p[k] for k in names}}
+            for role, g in gens.items():
+                row[role] = {k: v[i] for k, v in g.items() if v is not None}
+            f.write(json.dumps(row) + "\n")
+    tmp.replace(path)
+
+
+def format_eval_table(metrics: dict[str, dict], paths: dict[str, str | None]) -> str:
+    """A markdown table: one row per model (start, policy), one column per metric."""
+    keys = list(dict.fromkeys(k for m in metrics.values() for k in m))
+    lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for role, m in metrics.items():
+        vals = " | ".join(f"{m[k]:.4f}" if k in m else "" for k in keys)
+        lines.append(f"| {role} ({paths.get(role)}) | {vals} |")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> float | None:
+    results = evaluate(cfg)
+    row = results["metrics"].get("policy") or results["metrics"].get("start") or {}
+    return next(iter(row.values()), None)
+
+
+if __name__ == "__main__":
+    main()

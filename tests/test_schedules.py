@@ -1,0 +1,54 @@
+"""The per-iteration linear schedule (uclaml/SPPO's restarted HF linear schedule) and steps per iteration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sppo_pl.schedules import iteration_linear_factor, iteration_linear_schedule, steps_per_iteration
+
+
+@pytest.mark.parametrize(
+    ("step", "n", "ratio", "want"),
+    [
+        (0, 10, 0.1, 0.0),  # W = ceil(0.1 * 10) = 1: the first step of each iteration warms up from 0
+        (1, 10, 0.1, 1.0),  # (10 - 1) / (10 - 1)
+        (5, 10, 0.1, 5 / 9),
+        (9, 10, 0.1, 1 / 9),
+        (10, 10, 0.1, 0.0),  # the next iteration restarts
+        (11, 10, 0.1, 1.0),
+        (1, 10, 0.3, 1 / 3),  # W = 3
+        (2, 10, 0.3, 2 / 3),
+        (3, 10, 0.3, 1.0),
+        (6, 10, 0.3, 4 / 7),
+        (4, 4, 0.0, 1.0),  # no warmup: 1, 3/4, 1/2, 1/4, then 1 again
+        (2, 4, 0.0, 0.5),
+    ],
+)
+def test_iteration_linear_factor_by_hand(step, n, ratio, want):
+    assert iteration_linear_factor(step, n, ratio) == pytest.approx(want)
+
+
+def test_schedule_drives_the_optimizer_and_checks_its_arguments():
+    opt = torch.optim.RMSprop([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = iteration_linear_schedule(opt, steps_per_iteration=2, warmup_ratio=0.1)
+    seen = []
+    for _ in range(4):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == [0.0, 1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="steps_per_iteration must be >= 1"):
+        iteration_linear_schedule(opt, 0)
+    with pytest.raises(ValueError, match="warmup_ratio must be in"):
+        iteration_linear_schedule(opt, 4, warmup_ratio=1.0)
+
+
+def test_steps_per_iteration():
+    assert steps_per_iteration(20000, 8, 1, 8) == 313  # uclaml: 20k prompts, 8 per GPU x 8 GPUs
+    assert steps_per_iteration(1024, 8, 8, 4) == 4  # verl: 1,024 prompts, mini-batches of 256
+    assert steps_per_iteration(10, 4) == 3  # the last batch is short
+    assert steps_per_iteration(5, 2, 2, [0, 1]) == 1  # 3 prompts per rank: 2 batches, one step
+    assert steps_per_iteration(8, 2, 1, 2, num_nodes=2) == 1
+    with pytest.raises(ValueError, match="trainer.devices='auto' is not a count"):
+        steps_per_iteration(8, 2, 1, "auto")
