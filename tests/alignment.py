@@ -1,4 +1,5 @@
-"""A test-only callback: fails the run unless every epoch trains on rollouts from that epoch's policy."""
+"""A test-only callback: fails the run unless every epoch trains on rollouts from that epoch's policy; it also
+records whether the previous iteration's checkpoint was on disk when each epoch started."""
 
 from __future__ import annotations
 
@@ -12,9 +13,13 @@ class RolloutAlignmentCheck(L.Callback):
     def __init__(self, record: str):
         self.record = Path(record)
         self.seen: list[dict] = []
+        self.checkpoints: dict[int, bool] = {}  # epoch -> last.ckpt on disk when it started
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.epoch_start_step = trainer.global_step
+        # what an interruption now would leave: the last finished iteration's checkpoint
+        last = Path(trainer.checkpoint_callback.dirpath, "last.ckpt") if trainer.checkpoint_callback else None
+        self.checkpoints[trainer.current_epoch] = bool(last and last.exists())
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         row = {
@@ -31,3 +36,4 @@ class RolloutAlignmentCheck(L.Callback):
 
     def on_fit_end(self, trainer, pl_module):
         self.record.write_text(json.dumps(self.seen))
+        self.record.with_suffix(".checkpoints.json").write_text(json.dumps(self.checkpoints))

@@ -83,6 +83,9 @@ def test_two_epoch_smoke_run_writes_every_artifact_and_trains_on_fresh_rollouts(
     assert iterations == [0.0, 1.0, 2.0]  # before training, then after each self-play iteration
     seen = json.loads(record.read_text())
     assert {r["epoch"] for r in seen} == {0, 1}
+    # iteration 0's checkpoint was on disk before iteration 1 began: an interruption loses at most one
+    assert json.loads(record.with_suffix(".checkpoints.json").read_text()) == {"0": False, "1": True}
+    assert (run / "checkpoints" / "last.ckpt").resolve().name == "epoch_01.ckpt"
     assert seen[-1]["rollout_step"] > 0  # epoch 1's rollouts came from the trained policy
     assert "| iteration | val/acc" in proc.stdout
 

@@ -1,0 +1,26 @@
+"""What every benchmark shares: where results go, how the machine is described, how results are written."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> str:
+    """This machine in a few words, for the results ("x86_64, 2 cores, no GPU")."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}"
+
+
+def write_results(name: str, result: dict, lines: list[str]) -> None:
+    """``bench/results/<name>.json`` (everything measured) and ``<name>.md`` (the table), and print the table."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
