@@ -68,7 +68,9 @@ class SPPODataModule(L.LightningDataModule):
 
     # ---- prompts -------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        if self.train_prompts:
+        """Read and check the prompts: both splits, or only the test split for ``stage="validate"`` (the
+        evaluation entry point never reads the train split)."""
+        if self.train_prompts or (stage == "validate" and self.val_prompts):
             return
         if self.tokenizer is None:
             raise ValueError("SPPODataModule needs a tokenizer (train.py passes the model's)")
@@ -76,7 +78,8 @@ class SPPODataModule(L.LightningDataModule):
         for split in ("train", "test"):
             if split not in ds:
                 raise ValueError(f"data.dataset must provide a '{split}' split, got {list(ds)}")
-        self.train_prompts = self._encode(ds["train"], "train")
+        if stage != "validate":
+            self.train_prompts = self._encode(ds["train"], "train")
         val = (
             ds["test"]
             if self.max_val_prompts is None

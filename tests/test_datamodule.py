@@ -110,3 +110,17 @@ def test_named_fields_travel_with_every_prompt(tiny_tokenizer):
         SPPODataModule(ds, tokenizer=tiny_tokenizer, fields=["topic"]).setup("fit")
     with pytest.raises(ValueError, match="data.fields may not name \\['answer'\\]"):
         SPPODataModule(ds, tokenizer=tiny_tokenizer, fields=["answer"])
+
+
+def test_validate_stage_reads_only_the_test_split(tiny_tokenizer):
+    ds = DatasetDict(
+        train=Dataset.from_dict(
+            {"prompt": [""], "answer": ["1"]}
+        ),  # a bad train row: not read for validation
+        test=Dataset.from_dict({"prompt": ["What is 1 + 0?"], "answer": ["1"]}),
+    )
+    dm = SPPODataModule(ds, tokenizer=tiny_tokenizer)
+    dm.setup("validate")
+    assert dm.train_prompts == [] and [p["prompt"] for p in dm.val_prompts] == ["What is 1 + 0?"]
+    with pytest.raises(ValueError, match="row 0"):  # fitting reads (and checks) the train split
+        dm.setup("fit")
