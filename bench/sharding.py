@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import socket
 import statistics
@@ -26,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.common import machine, write_results
 
 
 def _nbytes(tensors) -> int:
@@ -171,7 +170,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-engine", action="store_true")
     args = parser.parse_args()
-    RESULTS.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="sharding_ranks_"))  # one JSON per rank, summarised below
     summaries = []
     for world in (1, 2):
@@ -181,20 +179,18 @@ def main() -> None:
     one, two = summaries
     result = {
         "model": args.model,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU",
+        "machine": machine(),
         "torch": torch.__version__,
         "repeats": args.repeats,
         "runs": summaries,
         "state_ratio_2_vs_1": two["params_grads_optimizer_MiB_per_rank"]
         / one["params_grads_optimizer_MiB_per_rank"],
     }
-    (RESULTS / "sharding.json").write_text(json.dumps(result, indent=2))
     keys = [k for k in summaries[0] if k != "world"]
     lines = ["| metric | 1 rank | 2 ranks (FSDP2) |", "|---|---|---|"]
     lines += [f"| {k} | {one[k]:.3f} | {two.get(k, float('nan')):.3f} |" for k in keys]
     lines.append(f"\nparams+grads+optimizer per rank, 2 vs 1: {result['state_ratio_2_vs_1']:.3f}x")
-    (RESULTS / "sharding.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results("sharding", result, lines)
 
 
 if __name__ == "__main__":

@@ -190,12 +190,14 @@ def eval_prompts(cfg: DictConfig, tokenizer_path: str) -> tuple[list[dict], list
 def generate_all(cfg, engine, prompts: list[dict], policy: Policy | None, base: str, compare: bool) -> dict:
     """Each model's responses: the start model's first (as loaded), then the policy's weights streamed in
     (unless the engine loaded the policy's own directory)."""
+    from sppo_pl.distributed import full_named_weights
+
     gens = {}
     if compare or policy is None:
         gens["start"] = generate(engine, prompts, cfg.eval, cfg.seed)
     if policy is not None:
         if base != str(policy.path):
-            engine.sync_weights(_named_weights(policy.weights(cfg.model.dtype)))
+            engine.sync_weights(full_named_weights(policy.weights(cfg.model.dtype)))
         gens["policy"] = generate(engine, prompts, cfg.eval, cfg.seed)
     return gens
 
@@ -209,12 +211,6 @@ def engine_base(policy: Policy | None, start: str | None, compare: bool) -> str:
         check_same_architecture(start, policy.start_model if policy.is_checkpoint else str(policy.path))
         return start
     return policy.start_model if policy.is_checkpoint else str(policy.path)
-
-
-def _named_weights(model: torch.nn.Module):
-    from sppo_pl.distributed import full_named_weights
-
-    return full_named_weights(model)
 
 
 def write_responses(path: Path, prompts: list[dict], names: list[str], gens: dict) -> None:

