@@ -127,10 +127,12 @@ def full_named_weights(
     if fsdp1_root is not None:
         yield from _fsdp1_named_weights(model, fsdp1_root)
         return
+    head = model.get_output_embeddings().weight if _tied(model) else None
     for name, p in model.named_parameters():
-        yield clean_param_name(name), full_tensor(p)
-    if _tied(model):
-        yield "lm_head.weight", full_tensor(model.get_output_embeddings().weight)
+        t = full_tensor(p)
+        yield clean_param_name(name), t
+        if p is head:  # the tied head is the input embedding: yielded again, not gathered again
+            yield "lm_head.weight", t
 
 
 def _tied(model: nn.Module) -> bool:

@@ -178,6 +178,30 @@ def check_fsdp1(rank: int, model_dir: str) -> dict:
     }
 
 
+def check_gather(rank: int, model_dir: str) -> dict:
+    """FSDP2's streamed weights equal the unsharded ones, names, dtypes and values, also under bf16 mixed
+    precision (the stored fp32 tensors are gathered, not the bf16 ones the forward computes with)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from sppo_pl.distributed import full_named_weights, shard_fsdp2
+    from sppo_pl.module import load_policy
+
+    want = dict(full_named_weights(load_policy(model_dir)))
+    result = {}
+    for precision in ("32-true", "bf16-mixed"):
+        model = load_policy(model_dir)
+        shard_fsdp2(model, init_device_mesh("cpu", (WORLD,)), precision)
+        got = list(full_named_weights(model))
+        result[precision] = {
+            "names_equal": sorted(n for n, _ in got) == sorted(want),
+            "dtypes_equal": all(t.dtype == want[n].dtype for n, t in got),
+            "max_diff": max(float((t - want[n]).abs().max()) for n, t in got),
+            "sharded_after": all(type(p).__name__ == "DTensor" for p in model.parameters()),
+        }
+    result["tied_head"] = "lm_head.weight" in want
+    return result
+
+
 def _worker(rank: int, port: int, check: str, model_dir: str, out: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -192,7 +216,7 @@ def _worker(rank: int, port: int, check: str, model_dir: str, out: str) -> None:
     if name == "sync":
         result = check_sync(rank, model_dir, arg)
     else:
-        result = {"step": check_step, "fsdp1": check_fsdp1}[name](rank, model_dir)
+        result = {"step": check_step, "fsdp1": check_fsdp1, "gather": check_gather}[name](rank, model_dir)
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()  # the process group stays up: the engine's own shutdown destroys its groups at exit
 

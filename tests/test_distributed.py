@@ -31,6 +31,17 @@ def test_fsdp2_step_on_two_ranks_matches_one_process(tiny_model_dir, tmp_path):
         assert rank["sharded_loss_after"] == pytest.approx(rank["single_loss_after"], rel=1e-5)
 
 
+def test_fsdp2_weight_stream_equals_the_unsharded_weights_with_and_without_mixed_precision(
+    tiny_model_dir, tmp_path
+):
+    for rank in run_check("gather", tiny_model_dir, tmp_path):
+        assert rank["tied_head"]  # the tiny model ties its head: lm_head.weight must be streamed too
+        for precision in ("32-true", "bf16-mixed"):
+            r = rank[precision]
+            assert r["names_equal"] and r["dtypes_equal"] and r["max_diff"] == 0.0, (precision, r)
+            assert r["sharded_after"], precision  # streaming leaves every parameter sharded
+
+
 def test_fsdp1_weight_stream_gathers_one_block_at_a_time_under_hf_names(tiny_model_dir, tmp_path):
     for rank in run_check("fsdp1", tiny_model_dir, tmp_path):
         assert rank["blocks_wrapped"] == "FullyShardedDataParallel"

@@ -63,6 +63,8 @@ def test_named_weights_include_the_tied_lm_head(tiny_model_dir):
     names = dict(module.named_weights())
     assert "lm_head.weight" in names and "model.embed_tokens.weight" in names
     assert names["lm_head.weight"].data_ptr() == names["model.embed_tokens.weight"].data_ptr()
+    # the very tensor yielded for the embedding: sharded, that is one all-gather of it, not two
+    assert names["lm_head.weight"] is names["model.embed_tokens.weight"]
     assert module.reference is None  # precompute: no second copy of the model
 
 
