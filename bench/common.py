@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -16,6 +17,13 @@ def machine() -> str:
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}"
+
+
+def run_info(**fields) -> dict:
+    """What every result starts with: the date, this machine, the torch version, then ``fields``."""
+    import torch
+
+    return {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "torch": torch.__version__, **fields}
 
 
 def write_results(name: str, result: dict, lines: list[str]) -> None:

@@ -16,9 +16,7 @@ import os
 import statistics
 import time
 
-import torch
-
-from bench.common import machine, write_results
+from bench.common import run_info, write_results
 
 
 def prompts(tokenizer, n: int, seed: int = 0) -> list[list[int]]:
@@ -51,13 +49,19 @@ def timed(engine, ids: list[list[int]], sampling, repeats: int) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def rollout_parser(description: str, repeats: int) -> argparse.ArgumentParser:
+    """The arguments every rollout bench takes: model, prompts, K, max tokens, repeats."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="models/SmolLM2-135M-Instruct")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = rollout_parser(__doc__.splitlines()[0], repeats=3)
     parser.add_argument("--hf-batch-size", type=int, default=16)
     args = parser.parse_args(argv)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -75,20 +79,17 @@ def main(argv: list[str] | None = None) -> None:
     vllm = timed(VLLMEngine(args.model, max_model_len=max_len, use_tqdm=False), ids, sampling, args.repeats)
     policy = load_policy(args.model).eval()
     hf = timed(HFEngine(policy, tok, batch_size=args.hf_batch_size), ids, sampling, args.repeats)
-    result = {
-        "date": time.strftime("%Y-%m-%d"),
-        "model": args.model,
-        "machine": machine(),
-        "torch": torch.__version__,
-        "prompts": args.prompts,
-        "k": args.k,
-        "max_tokens": args.max_tokens,
-        "temperature": 0.7,
-        "vllm": vllm,
-        "hf_generate": hf,
-        "speedup_tokens_per_s": vllm["tokens_per_s"] / hf["tokens_per_s"],
-        "speedup_wall": hf["median_s"] / vllm["median_s"],
-    }
+    result = run_info(
+        model=args.model,
+        prompts=args.prompts,
+        k=args.k,
+        max_tokens=args.max_tokens,
+        temperature=0.7,
+        vllm=vllm,
+        hf_generate=hf,
+        speedup_tokens_per_s=vllm["tokens_per_s"] / hf["tokens_per_s"],
+        speedup_wall=hf["median_s"] / vllm["median_s"],
+    )
     lines = [
         f"# Rollout: {args.prompts} prompts x K = {args.k}, up to {args.max_tokens} tokens, T = 0.7 "
         f"({result['date']}, {result['machine']})",

@@ -51,8 +51,8 @@ def main(spec_path: str) -> None:
             logging_steps=10_000,
             report_to=[],
             save_strategy="no",
-            use_cpu=True,
-            bf16=False,
+            use_cpu=spec.get("device", "cpu") == "cpu",
+            bf16=spec.get("device", "cpu") != "cpu",
             seed=0,
         )
         model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype="float32")
