@@ -48,5 +48,6 @@ bench: model bench-trl
 	$(PY) -m bench.rollout
 	$(PY) -m bench.train_step
 	$(PY) -m bench.sharding
+	$(PY) -m bench.cpu_prepack
 	$(PY) -m bench.iteration
 	$(PY) -m bench.learning

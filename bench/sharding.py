@@ -4,9 +4,12 @@
 
 Each rank loads the policy, shards it (2 ranks), takes one AdamW SPPO step on a fixed batch, and reports
 the bytes it holds of parameters, gradients and optimizer state (exact, from the local shards) and its
-peak RSS. Then it times the sharded weight sync: the gather alone (every parameter ``full_tensor``-ed and
-dropped, one at a time) and the gather streamed into a running vLLM engine on every rank (``--no-engine``
-skips that), against the bound of a plain copy of the same full tensors. Results: ``bench/results/sharding.json`` and ``.md``. Run it alone on the machine.
+peak RSS. Then it times the sharded weight sync: the gather alone (``full_named_weights``: every parameter
+``full_tensor``-ed and dropped, one at a time), the same gather one FSDP unit at a time (``unshard()`` of
+each decoder block, then of the root: one all-gather per unit instead of one per tensor, the alternative
+measured), and the gather streamed into a running vLLM engine on every rank (``--no-engine`` skips that),
+against the bound of a plain copy of the same full tensors; each after untimed warm-ups. Results:
+``bench/results/sharding.json`` and ``.md``. Run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -91,16 +94,10 @@ def _rank(rank: int, world: int, port: int, args, out: str) -> None:
     }
     opt.zero_grad(set_to_none=True)
     full_bytes = sum(t.numel() * t.element_size() for _, t in full_named_weights(module.policy))
-    gather_s = []
-    for _ in range(args.repeats):
-        dist.barrier()
-        start = time.perf_counter()
-        for _ in full_named_weights(module.policy):
-            pass
-        gather_s.append(time.perf_counter() - start)
     row |= {
         "synced_bytes": full_bytes,
-        "gather_s": gather_s,
+        "gather_s": _drain_s(lambda: full_named_weights(module.policy), args.repeats),
+        "gather_per_unit_s": _drain_s(lambda: _unit_gather(module.policy), args.repeats),
         "copy_s": _plain_copy_s(module.policy, args.repeats),
     }
     if not args.no_engine:
@@ -108,14 +105,45 @@ def _rank(rank: int, world: int, port: int, args, out: str) -> None:
 
         engine = VLLMEngine.from_module(module, max_model_len=256, use_tqdm=False, cpu_kv_cache_gb=1)
         sync_s = []
-        for _ in range(args.repeats):
+        for _ in range(args.repeats + 2):  # two warm-ups: a process's first syncs run slower (allocator)
             dist.barrier()
             start = time.perf_counter()
             engine.sync_weights(module.named_weights())
             sync_s.append(time.perf_counter() - start)
-        row["sync_s"] = sync_s
+        row["sync_s"] = sync_s[2:]
     Path(out, f"w{world}_r{rank}.json").write_text(json.dumps(row))
     dist.barrier()
+
+
+def _drain_s(tensors, repeats: int) -> list[float]:
+    """Seconds to drain the iterator ``tensors()`` (a collective on every rank), after one warm-up."""
+    seconds = []
+    for _ in range(repeats + 1):
+        dist.barrier()
+        start = time.perf_counter()
+        for _ in tensors():
+            pass
+        seconds.append(time.perf_counter() - start)
+    return seconds[1:]
+
+
+def _unit_gather(policy):
+    """Every parameter, full, gathered one FSDP unit at a time (``unshard``), each copied out before the unit
+    is resharded; on one process, the parameters as they are."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in policy.modules() if isinstance(m, FSDPModule)]
+    if not units:
+        yield from (p.detach() for p in policy.parameters())
+        return
+    seen: set[int] = set()
+    for unit in reversed(units):  # blocks first, the root (embeddings, norm, head) last
+        unit.unshard()
+        for p in unit.parameters():
+            if id(p) not in seen and not isinstance(p, torch.distributed.tensor.DTensor):
+                seen.add(id(p))
+                yield p.detach().clone()
+        unit.reshard()
 
 
 def _plain_copy_s(policy, repeats: int) -> list[float]:
@@ -154,6 +182,7 @@ def _summary(rows: list[dict], world: int) -> dict:
         "synced_GiB": gib,
         "gather_s_median": statistics.median(r0["gather_s"]),
         "gather_s_per_GiB": statistics.median(r0["gather_s"]) / gib,
+        "gather_per_unit_s_median": statistics.median(r0["gather_per_unit_s"]),
         "plain_copy_s_median": statistics.median(r0["copy_s"]),
         "plain_copy_s_per_GiB": statistics.median(r0["copy_s"]) / gib,
     }
