@@ -1,16 +1,18 @@
 """Benchmark: does SPPO learn? SPPO vs iterative DPO vs the starting model, at the same rollout budget.
 
-    python -m bench.learning [--seeds 0 1] [--losses sppo dpo] [-- extra train.py overrides]
+    python -m bench.learning [--seeds 0 1] [--losses sppo dpo] [--add] [-- extra train.py overrides]
 
 Runs ``python train.py loss=<loss> seed=<seed>`` for each pair (the embedded CPU default: SmolLM2-135M-Instruct
 on arithmetic, 3 iterations of 32 prompts x K = 4 samples, the same for every loss), one process each, and
-collects ``val/acc`` per iteration (iteration 0 is the starting model). Results:
+collects ``val/acc`` per iteration (iteration 0 is the starting model). ``--add`` keeps the runs already in
+``learning.json`` (other seeds, with the same overrides) and adds these to them. Results:
 ``bench/results/learning.{json,md,png}``. About 10 minutes a run on 2 CPU cores; run it alone on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -21,6 +23,17 @@ from bench.common import RESULTS, machine, write_results
 from sppo_pl.training import val_table
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def previous_runs(extra: list[str]) -> list[dict]:
+    """The runs in ``learning.json``, if they were made with the same ``train.py`` overrides."""
+    path = RESULTS / "learning.json"
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    if old.get("overrides", []) != extra:
+        raise ValueError(f"--add: {path} was made with overrides {old.get('overrides')}, not {extra}")
+    return old["runs"]
 
 
 def run_one(loss: str, seed: int, log_dir: Path, extra: list[str]) -> dict:
@@ -93,12 +106,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--losses", nargs="+", default=["sppo", "dpo"])
     parser.add_argument("--log-dir", default=str(ROOT / "outputs" / "bench"))
+    parser.add_argument("--add", action="store_true", help="add to the runs already in learning.json")
     parser.add_argument("extra", nargs="*", help="train.py overrides for every run (after --)")
     args = parser.parse_args(argv)
-    runs = [
-        run_one(loss, seed, Path(args.log_dir), args.extra) for seed in args.seeds for loss in args.losses
+    runs = previous_runs(args.extra) if args.add else []
+    done = {(r["loss"], r["seed"]) for r in runs}
+    runs += [
+        run_one(loss, seed, Path(args.log_dir), args.extra)
+        for seed in args.seeds
+        for loss in args.losses
+        if (loss, seed) not in done
     ]
-    runs.sort(key=lambda r: (args.losses.index(r["loss"]), r["seed"]))
+    order = list(dict.fromkeys([*args.losses, *(r["loss"] for r in runs)]))
+    runs.sort(key=lambda r: (order.index(r["loss"]), r["seed"]))
     means = summarise(runs)
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "overrides": args.extra, "runs": runs}
     result["mean_val_acc"] = means
