@@ -44,3 +44,17 @@ def test_learning_runs_are_averaged_per_iteration_and_tabled():
     lines = table(runs, means).splitlines()
     assert lines[0] == "| iteration | sppo seed 0 | sppo seed 1 | dpo seed 0 | sppo mean | dpo mean |"
     assert lines[2] == "| 0 (start) | 0.1000 | 0.3000 | 0.1000 | 0.2000 | 0.1000 |"
+
+
+def test_learning_add_keeps_earlier_runs_only_when_made_with_the_same_overrides(tmp_path, monkeypatch):
+    import json
+
+    import bench.learning
+
+    monkeypatch.setattr(bench.learning, "RESULTS", tmp_path)
+    assert bench.learning.previous_runs([]) == []  # nothing measured yet
+    runs = [{"loss": "sppo", "seed": 0, "val_acc": [0.1, 0.2]}]
+    (tmp_path / "learning.json").write_text(json.dumps({"overrides": ["trainer.max_epochs=2"], "runs": runs}))
+    assert bench.learning.previous_runs(["trainer.max_epochs=2"]) == runs
+    with pytest.raises(ValueError, match="learning.json was made with overrides"):
+        bench.learning.previous_runs([])
