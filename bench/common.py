@@ -19,6 +19,19 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}"
 
 
+def timed_seconds(fn, repeats: int, warmup: int = 0, before=None) -> list[float]:
+    """Wall seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones; ``before()`` (a barrier, a
+    device synchronisation) runs before each call, outside the timing."""
+    seconds = []
+    for _ in range(warmup + repeats):
+        if before is not None:
+            before()
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    return seconds[warmup:]
+
+
 def run_info(**fields) -> dict:
     """What every result starts with: the date, this machine, the torch version, then ``fields``."""
     import torch

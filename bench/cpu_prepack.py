@@ -22,27 +22,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from bench.common import run_info, write_results
+from bench.common import run_info, timed_seconds, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
-    """Median wall seconds of ``fn`` after ``warmup`` untimed calls (the first syncs of a process run
-    slower, while the allocator grows its pools)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall seconds of ``fn`` after 2 untimed calls (a process's first syncs run slower, while the
+    allocator grows its pools)."""
+    return statistics.median(timed_seconds(fn, repeats, warmup=2))
 
 
 def measure(mode: str, model: str, n_prompts: int, k: int, max_tokens: int, repeats: int) -> dict:

@@ -21,14 +21,13 @@ import resource
 import socket
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bench.common import machine, write_results
+from bench.common import machine, timed_seconds, write_results
 
 
 def _nbytes(tensors) -> int:
@@ -104,27 +103,21 @@ def _rank(rank: int, world: int, port: int, args, out: str) -> None:
         from sppo_pl.rollout.vllm_engine import VLLMEngine
 
         engine = VLLMEngine.from_module(module, max_model_len=256, use_tqdm=False, cpu_kv_cache_gb=1)
-        sync_s = []
-        for _ in range(args.repeats + 2):  # two warm-ups: a process's first syncs run slower (allocator)
-            dist.barrier()
-            start = time.perf_counter()
-            engine.sync_weights(module.named_weights())
-            sync_s.append(time.perf_counter() - start)
-        row["sync_s"] = sync_s[2:]
+        sync = lambda: engine.sync_weights(module.named_weights())  # noqa: E731
+        # two warm-ups: a process's first syncs run slower (allocator)
+        row["sync_s"] = timed_seconds(sync, args.repeats, warmup=2, before=dist.barrier)
     Path(out, f"w{world}_r{rank}.json").write_text(json.dumps(row))
     dist.barrier()
 
 
 def _drain_s(tensors, repeats: int) -> list[float]:
     """Seconds to drain the iterator ``tensors()`` (a collective on every rank), after one warm-up."""
-    seconds = []
-    for _ in range(repeats + 1):
-        dist.barrier()
-        start = time.perf_counter()
+
+    def drain() -> None:
         for _ in tensors():
             pass
-        seconds.append(time.perf_counter() - start)
-    return seconds[1:]
+
+    return timed_seconds(drain, repeats, warmup=1, before=dist.barrier)
 
 
 def _unit_gather(policy):
@@ -153,13 +146,7 @@ def _plain_copy_s(policy, repeats: int) -> list[float]:
 
     src = [t.detach().clone() for _, t in full_named_weights(policy)]
     dst = [torch.empty_like(t) for t in src]
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for d, t in zip(dst, src):
-            d.copy_(t)
-        seconds.append(time.perf_counter() - start)
-    return seconds
+    return timed_seconds(lambda: [d.copy_(t) for d, t in zip(dst, src)], repeats)
 
 
 def _free_port() -> int:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import RESULTS, run_info, write_results
+from bench.common import RESULTS, run_info, timed_seconds, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 TRL_PATH = Path(os.environ.get("SPPO_BENCH_TRL", ROOT / ".venv" / "bench-trl"))
@@ -151,12 +151,7 @@ def sppo_step(
         opt.zero_grad(set_to_none=True)
         synchronize(device)
 
-    times = []
-    for _ in range(repeats + 1):  # the first is a warm-up
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    times = timed_seconds(step, repeats, warmup=1, before=lambda: synchronize(device))
     if profile is not None:
         profile_step(step, device, profile)
     params = sum(p.numel() for p in module.policy.parameters())
@@ -164,8 +159,8 @@ def sppo_step(
     body = params - head if module.policy.config.tie_word_embeddings else params - 2 * head
     rows, kept = batch["response_mask"].shape[0], batch["response_mask"].shape[1] + 1
     return {
-        "step_s": times[1:],
-        "median_s": statistics.median(times[1:]),
+        "step_s": times,
+        "median_s": statistics.median(times),
         "padded_tokens": batch["input_ids"].numel(),
         "tokens": int(batch["attention_mask"].sum()),
         "parameters": params,

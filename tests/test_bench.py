@@ -58,3 +58,12 @@ def test_learning_add_keeps_earlier_runs_only_when_made_with_the_same_overrides(
     assert bench.learning.previous_runs(["trainer.max_epochs=2"]) == runs
     with pytest.raises(ValueError, match="learning.json was made with overrides"):
         bench.learning.previous_runs([])
+
+
+def test_timed_seconds_times_only_the_calls_after_the_warmups_and_runs_before_each():
+    from bench.common import timed_seconds
+
+    calls, befores = [], []
+    seconds = timed_seconds(lambda: calls.append(len(befores)), 3, warmup=2, before=lambda: befores.append(1))
+    assert len(seconds) == 3 and all(s >= 0 for s in seconds)
+    assert calls == [1, 2, 3, 4, 5]  # 5 calls, each after its own before()

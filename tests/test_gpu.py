@@ -4,13 +4,12 @@ Skipped without a GPU (CI has none); ``bench/gpu_check.sh`` runs them on a GPU m
 
 from __future__ import annotations
 
-import csv
 import math
 
 import pytest
 import torch
 
-from tests.test_train_cli import only_run_dir, run_train
+from tests.test_train_cli import only_run_dir, read_metrics, run_train
 
 pytestmark = [
     pytest.mark.gpu,
@@ -33,11 +32,6 @@ STRATEGIES = {
 }
 
 
-def _metrics(run) -> list[dict]:
-    with (run / "metrics.csv").open() as f:
-        return list(csv.DictReader(f))
-
-
 def _has_vllm() -> bool:
     try:
         import vllm  # noqa: F401
@@ -50,13 +44,14 @@ def _has_vllm() -> bool:
 def test_self_play_loop_trains_on_a_gpu_in_bf16_mixed(tmp_path, strategy):
     # without vLLM (not in the GPU image this ran on) the policy generates itself (rollout=hf), which
     # FSDP1 refuses: its parameters are flattened shards outside a forward
-    if strategy == "fsdp1" and not _has_vllm():
+    has_vllm = _has_vllm()
+    if strategy == "fsdp1" and not has_vllm:
         pytest.skip("rollout=hf cannot generate under FSDP1: needs vLLM")
-    rollout = [] if _has_vllm() else ["rollout=hf"]
+    rollout = [] if has_vllm else ["rollout=hf"]
     run_train(tmp_path, "experiment=smoke", "trainer.accelerator=gpu", *rollout, *STRATEGIES[strategy])
     run = only_run_dir(tmp_path, "smoke")
     assert "precision: bf16-mixed" in (run / "config_resolved.yaml").read_text()
-    rows = _metrics(run)
+    rows = read_metrics(run)
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert losses and all(math.isfinite(x) for x in losses)
     assert sum(1 for r in rows if r.get("val/acc")) == 3  # before training and after each of 2 iterations

@@ -3,24 +3,18 @@ their settings in effect: what was sampled, scored and logged. Their full-size s
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 
-from tests.test_train_cli import only_run_dir, run_train
+from tests.test_train_cli import only_run_dir, read_metrics, run_train
 
 pytestmark = pytest.mark.slow
 
 
 def _rollouts(run: Path, epoch: int) -> list[dict]:
     return [json.loads(line) for line in (run / f"rollouts/epoch_{epoch}.jsonl").read_text().splitlines()]
-
-
-def _metrics(run: Path) -> list[dict]:
-    with (run / "metrics.csv").open() as f:
-        return list(csv.DictReader(f))
 
 
 def _column(rows: list[dict], name: str) -> list[float]:
@@ -41,7 +35,7 @@ def test_verl_math_twin(tmp_path):
         assert all(r["prompt"].endswith("within \\boxed{}.") and r["fields"]["level"] for r in rows)
     answers = {r["prompt"].split(" Let's")[0]: r["answer"] for r in _rollouts(run, 0)}
     assert answers["Simplify $\\frac{6}{8}$."] == "\\frac{3}{4}"  # the solution's last \boxed{}
-    metrics = _metrics(run)
+    metrics = read_metrics(run)
     assert _column(metrics, "val/iteration") == [0.0, 1.0, 2.0] and len(_column(metrics, "val/acc")) == 3
     # 8 prompts in batches of 4, 2 accumulated: one optimizer step per iteration, after 1 warmup step
     assert _lr_per_step(metrics, "lr-AdamW") == [0.0, 1e-3]
@@ -58,7 +52,7 @@ def test_uclaml_ultrafeedback_twin_and_its_evaluation(tmp_path):
         # joint PairRM ranking: P is a consistent matrix, so a prompt's win rates average exactly 1/2
         assert all(abs(sum(r["win_rate"]) / 5 - 0.5) < 1e-6 for r in rows)
         assert all(len(set(r["scores"])) > 1 for r in rows)
-    metrics = _metrics(run)
+    metrics = read_metrics(run)
     assert _column(metrics, "val/iteration") == [0.0, 1.0, 2.0, 3.0]
     assert len(_column(metrics, "val/win_rate")) == 3 and not _column(metrics, "val/acc")
     # RMSprop with the linear schedule restarted every iteration (2 steps: 1 warmup, 1 decay)

@@ -33,6 +33,12 @@ def run_train(
     return proc
 
 
+def read_metrics(run: Path) -> list[dict]:
+    """The rows of a run's ``metrics.csv``."""
+    with (run / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
 def only_run_dir(tmp_path: Path, task: str) -> Path:
     (run,) = (tmp_path / "outputs" / task / "runs").iterdir()
     return run
@@ -68,8 +74,7 @@ def test_two_epoch_smoke_run_writes_every_artifact_and_trains_on_fresh_rollouts(
             "policy_step",
         }
         assert all(len(r["ref_logps"]) == 2 and all(lp < 0 for lp in r["ref_logps"]) for r in rows)
-    with (run / "metrics.csv").open() as f:
-        metrics = list(csv.DictReader(f))
+    metrics = read_metrics(run)
     names = set(metrics[0])
     assert {"train/loss", "train/log_ratio", "train/target", "val/acc", "val/reward_mean"} <= names
     assert {
