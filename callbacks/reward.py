@@ -25,7 +25,7 @@ from sppo_pl.rewards.function import check_scores
 from sppo_pl.rewards.preference import bradley_terry, hard_preference, win_rate
 from sppo_pl.types import Rollout
 
-NOT_FIELDS = ("prompt", "prompt_ids")  # validation batch columns that are not dataset fields
+NOT_FIELDS = ("prompt", "prompt_ids", "responses")  # validation batch columns that are not dataset fields
 
 
 class RewardCallback(L.Callback):

@@ -14,6 +14,14 @@ for all. Either way each prompt's K samples are scored together on one rank, eve
 log-probs for its share (the sharded forward is collective), and the scored rollouts are gathered so that
 every rank holds the same full list (the data module then gives each rank its shard). Every rank takes
 part in each weight sync, since gathering a sharded parameter is a collective.
+
+Validation generates here too: the weights are pushed in ``on_validation_epoch_start`` and each batch's
+greedy responses are put into the batch in ``on_validation_batch_start``, both outside the module's step.
+(Under FSDP1 Lightning runs ``validation_step`` inside the root unit's forward, where parameters cannot be
+gathered, and under ``bf16-mixed`` inside ``torch.autocast``.)
+
+An engine with sleep mode (``rollout.engine.sleep_level``) is woken around each generation and put back to
+sleep after it: weights first, then the sync, then the KV cache, so training never shares the GPU with it.
 """
 
 from __future__ import annotations
@@ -66,8 +74,17 @@ class RolloutCallback(L.Callback):
         if self.engine is None:
             generates = self.mode == "colocate" or trainer.global_rank == 0
             self.engine = self.engine_factory(pl_module, generates=generates)
-        pl_module.val_generate = lambda ids: self._greedy(trainer, pl_module, ids)
         trainer.datamodule.rollout_provider = lambda epoch: self.rollout(trainer, pl_module, epoch)
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        self.wake_and_sync(trainer, pl_module)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        """The batch's greedy responses, into the batch (``validation_step`` hands them to the oracle)."""
+        batch["responses"] = [g.texts[0] for g in self.generate_own(batch["prompt_ids"], self.val_sampling)]
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        self.sleep()
 
     def on_train_epoch_end(self, trainer, pl_module):
         nxt = trainer.current_epoch + 1
@@ -75,13 +92,33 @@ class RolloutCallback(L.Callback):
             self.rollout(trainer, pl_module, nxt)
 
     # ---- work ----------------------------------------------------------------------------------------
+    def wake_and_sync(self, trainer, pl_module) -> float:
+        """Make the engine ready to generate from the current policy: wake its weights (if it sleeps), push
+        the policy in, then wake its KV cache. Returns the seconds of the sync (see :meth:`sync`)."""
+        wake = getattr(self.engine, "wake_up", None)
+        if wake is not None:
+            wake(["weights"])
+        sync_s = self.sync(trainer, pl_module)
+        if wake is not None:
+            wake(["kv_cache"])
+        return sync_s
+
+    def sleep(self) -> None:
+        """Hand the engine's GPU memory back until the next generation (a no-op without sleep mode)."""
+        sleep = getattr(self.engine, "sleep", None)
+        if sleep is not None:
+            sleep()
+
     def sync(self, trainer, pl_module) -> float:
-        """Push the policy into the engine unless it already holds this optimizer step's weights.
+        """Push the policy into the engine unless it already holds this optimizer step's weights (an
+        engine that dropped its weights while asleep always gets them again).
 
         Returns the seconds of the sync that put the current weights in the engine (done now or earlier,
         e.g. before validation).
         """
-        if self._synced_step != trainer.global_step:
+        # every rank must decide alike (a sharded stream is collective): rank 0's engine decides
+        dropped = broadcast_from_zero(bool(getattr(self.engine, "weights_dropped", False)))
+        if self._synced_step != trainer.global_step or dropped:
             start = time.perf_counter()
             stream = pl_module.named_weights()
             self.engine.sync_weights(stream)
@@ -90,10 +127,6 @@ class RolloutCallback(L.Callback):
             self._synced_step = trainer.global_step
             self._last_sync_s = time.perf_counter() - start
         return self._last_sync_s
-
-    def _greedy(self, trainer, pl_module, prompt_ids: list[list[int]]) -> list[str]:
-        self.sync(trainer, pl_module)
-        return [g.texts[0] for g in self.generate_own(prompt_ids, self.val_sampling)]
 
     def generate_own(
         self, prompt_ids: list[list[int]], sampling: SamplingConfig, seeds: list[int] | None = None
@@ -120,10 +153,11 @@ class RolloutCallback(L.Callback):
         every = dm.next_prompts(epoch)
         a, b = shard_bounds(len(every), *rank_and_world())
         prompts, seeds = every[a:b], request_seeds(self.seed, epoch, len(every))[a:b]
-        sync_s = self.sync(trainer, pl_module)
+        sync_s = self.wake_and_sync(trainer, pl_module)
         start = time.perf_counter()
         gens = self.generate_own([p["prompt_ids"] for p in prompts], self.sampling, seeds)
         gen_s = time.perf_counter() - start
+        self.sleep()
         rollouts = [
             Rollout(
                 p["prompt"],

@@ -13,15 +13,31 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 def default_precision(accelerator: str = "auto") -> str:
     """``trainer.precision`` unless set: bf16 mixed precision on a GPU, float32 on CPU."""
-    import torch
+    return "bf16-mixed" if _on_gpu(accelerator) else "32-true"
 
-    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if on_gpu else "32-true"
+
+def engine_dtype(precision: str | int, model_dtype: str, accelerator: str = "auto") -> str:
+    """The rollout engine's dtype: on a GPU, the training precision's compute dtype (bf16 under ``bf16-mixed``,
+    as verl and TRL roll out), so samples come from the numerics the policy trains in; the model's own
+    dtype otherwise (CPU, or ``32-true``)."""
+    compute = {"bf16": "bfloat16", "16": "float16"}.get(str(precision).split("-")[0])
+    return compute if _on_gpu(accelerator) and compute else model_dtype
+
+
+def best_attention(accelerator: str = "auto") -> str:
+    """``model.attn_implementation`` for the GPU recipes: FlashAttention 2 where the flash-attn package is
+    installed and a GPU is used, else PyTorch's SDPA (which runs its own flash or cuDNN kernels on GPUs)."""
+    import importlib.util
+
+    has_fa2 = importlib.util.find_spec("flash_attn") is not None
+    return "flash_attention_2" if has_fa2 and _on_gpu(accelerator) else "sdpa"
 
 
 def register_resolvers() -> None:
     """``${project_root:}``, ``${sum:a,b}``, ``${not_env:NAME}`` (True when NAME is unset or empty),
-    ``${default_precision:accelerator}``, ``${steps_per_iteration:prompts,batch,accumulate,devices,nodes}``."""
+    ``${default_precision:accelerator}``, ``${engine_dtype:precision,model_dtype,accelerator}``,
+    ``${best_attention:accelerator}``, ``${rollout_mode:devices,accelerator}``,
+    ``${steps_per_iteration:prompts,batch,accumulate,devices,nodes}``."""
     from sppo_pl.schedules import steps_per_iteration
 
     for name, fn in {
@@ -29,13 +45,13 @@ def register_resolvers() -> None:
         "sum": lambda *xs: sum(xs),
         "not_env": lambda name: not os.environ.get(name),
         "default_precision": default_precision,
+        "engine_dtype": engine_dtype,
+        "best_attention": best_attention,
+        "rollout_mode": rollout_mode,
         "steps_per_iteration": steps_per_iteration,
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
-
-
-register_resolvers()
 
 
 def check_loss(cfg: DictConfig, loss) -> None:
@@ -45,6 +61,82 @@ def check_loss(cfg: DictConfig, loss) -> None:
         raise ValueError(
             f"loss {cfg.loss._target_} compares the samples of a prompt: rollout.sampling.n must be >= 2, got {k}"
         )
+
+
+def check_runtime(cfg: DictConfig) -> None:
+    """What the machine must offer for the run's settings: sleep mode needs CUDA; FlashAttention 2 needs the
+    ``flash-attn`` package, a GPU and 16-bit compute. Raised before anything loads, naming the key."""
+    from sppo_pl.rollout.vllm_engine import check_sleep_level
+
+    on_gpu = _on_gpu(cfg.trainer.get("accelerator", "auto"))
+    engine = cfg.rollout.get("engine") or {}
+    check_sleep_level(engine.get("sleep_level", 0), on_cpu=not on_gpu)
+    if on_gpu and "vllm_engine" in str(engine.get("_target_", "")):
+        check_gpu_engine(str(engine.get("dtype")), cfg.rollout.get("mode"), cfg.trainer.get("devices"))
+    if cfg.model.get("attn_implementation") == "flash_attention_2":
+        check_flash_attention(on_gpu, str(cfg.trainer.get("precision")), str(cfg.model.dtype))
+
+
+def check_gpu_engine(dtype: str, mode: str | None, devices) -> None:
+    """What vLLM (0.26, seen on an H100) cannot do on GPUs in sppo-pl's loop, refused before anything loads.
+
+    - A float32 engine: vLLM serves it with its Triton attention backend (its FlashAttention kernels take
+      16-bit only), and the first generation after a weight sync hit "CUDA error: an illegal memory access"
+      in 2 of 2 runs of the loop (2026-11-26 and 2026-11-27). The engine follows the training precision
+      unless told otherwise (``rollout.engine.dtype``), so this is only ever asked for explicitly.
+    - ``rollout.mode=colocate`` on several GPUs of one machine: vLLM's in-process executor builds its worker
+      on ``cuda:0`` whatever the rank's own device, so every rank's engine would land on GPU 0.
+      ``rollout.mode=rank0`` (the default there) runs one engine, on rank 0's own GPU.
+    """
+    from sppo_pl.strategy import device_count
+
+    if dtype in ("float32", "float", "fp32"):
+        raise ValueError(
+            "rollout.engine.dtype=float32 on a GPU: vLLM runs fp32 through its Triton attention backend, which "
+            "crashed (illegal memory access) in sppo-pl's loop on an H100; use rollout.engine.dtype=bfloat16 "
+            "(the default under trainer.precision=bf16-mixed)"
+        )
+    if mode == "colocate" and device_count(devices, "gpu") > 1:
+        raise ValueError(
+            f"rollout.mode=colocate with trainer.devices={devices} GPUs: vLLM's in-process engine always takes "
+            "GPU 0, so every rank's engine would share it; use rollout.mode=rank0 (one engine on rank 0's GPU "
+            "generates for all ranks)"
+        )
+
+
+def rollout_mode(devices, accelerator: str = "auto") -> str:
+    """``rollout.mode`` unless set: an engine on every rank (``colocate``), except on several GPUs of one
+    machine, where only rank 0's engine can have its own GPU (``rank0``; see :func:`check_gpu_engine`)."""
+    from sppo_pl.strategy import device_count
+
+    return "rank0" if _on_gpu(accelerator) and device_count(devices, accelerator) > 1 else "colocate"
+
+
+def check_flash_attention(on_gpu: bool, precision: str, dtype: str) -> None:
+    """``model.attn_implementation=flash_attention_2`` can run: flash-attn installed, a CUDA device, and
+    bf16/fp16 compute (a ``*-mixed``/``*-true`` 16-bit precision, or 16-bit weights)."""
+    import importlib.util
+
+    key = "model.attn_implementation=flash_attention_2"
+    if importlib.util.find_spec("flash_attn") is None:
+        raise ValueError(
+            f"{key} needs the flash-attn package, which is not installed (pip install -e '.[flash-attn]', "
+            "a long source build), or use model.attn_implementation=sdpa (PyTorch's own flash kernels)"
+        )
+    if not on_gpu:
+        raise ValueError(f"{key} needs a CUDA device; on CPU use model.attn_implementation=sdpa")
+    sixteen = precision.split("-")[0] in ("bf16", "16") or dtype in ("bfloat16", "float16")
+    if not sixteen:
+        raise ValueError(
+            f"{key} computes in bf16 or fp16 only, but trainer.precision={precision} with model.dtype={dtype} "
+            "computes in float32: use trainer.precision=bf16-mixed"
+        )
+
+
+def _on_gpu(accelerator: str) -> bool:
+    import torch
+
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
 def check_model_dir(cfg: DictConfig) -> None:
@@ -66,3 +158,6 @@ def check_model_dir(cfg: DictConfig) -> None:
         raise ValueError(
             f"model.max_prompt_len + model.max_response_len = {need} exceeds the model's context of {ctx} tokens ({cfg_file})"
         )
+
+
+register_resolvers()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 
 import lightning as L
@@ -50,8 +51,6 @@ class SPPOModule(L.LightningModule):
         if gradient_checkpointing:  # activation checkpointing, per decoder block
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.reference = _frozen_copy(self.policy) if reference == "model" else None
-        # Set by the rollout callback: greedy generation for validation (prompt ids -> response texts).
-        self.val_generate: Callable[[list[list[int]]], list[str]] | None = None
 
     # ---- log-probs -----------------------------------------------------------------------------------
     def policy_logps(self, batch: dict, model: nn.Module | None = None) -> torch.Tensor:
@@ -68,7 +67,7 @@ class SPPOModule(L.LightningModule):
         was_training = model.training
         model.eval()
         step = max(1, self.hparams.logps_batch_size // max(1, rollouts[0].k))
-        with fsdp1_root_gathered(self.fsdp1_root()):
+        with fsdp1_root_gathered(self.fsdp1_root()), self.precision_context():
             for s in range(0, len(rollouts), step):
                 group = rollouts[s : s + step]
                 batch = {k: v.to(self.device) for k, v in collate_rollouts(group, pad_id).items()}
@@ -76,6 +75,14 @@ class SPPOModule(L.LightningModule):
                 for r, lp in zip(group, logps):
                     r.ref_logps = lp
         model.train(was_training)
+
+    def precision_context(self) -> AbstractContextManager:
+        """The trainer's forward precision (``bf16-mixed``: bf16 autocast), so pi_t log-probs are computed in
+        the numerics the training step uses: a log-ratio of 0 at the start of an iteration, and under FSDP1's
+        bf16 parameters matching input dtypes. A no-op outside a trainer."""
+        return (
+            self._trainer.precision_plugin.forward_context() if self._trainer is not None else nullcontext()
+        )
 
     @torch.no_grad()
     def refresh_reference(self) -> None:
@@ -128,9 +135,12 @@ class SPPOModule(L.LightningModule):
         return out.loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
-        if self.val_generate is None:
-            raise RuntimeError("validation needs a generator: add the rollout callback (callbacks.rollout)")
-        return {"responses": self.val_generate(batch["prompt_ids"])}
+        """The batch's greedy responses, generated before the step by the rollout callback, for the oracle."""
+        if "responses" not in batch:
+            raise RuntimeError(
+                "validation needs the rollout callback (rollout=...): it generates each batch's responses"
+            )
+        return {"responses": batch["responses"]}
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]

@@ -10,7 +10,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from sppo_pl.config import check_loss, check_model_dir
+from sppo_pl.config import check_loss, check_model_dir, check_runtime
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
     """Instantiate everything in order; every config error is raised before a model loads."""
     loss = instantiate(cfg.loss)
     check_loss(cfg, loss)
+    check_runtime(cfg)
     prepare(cfg)
     check_model_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)

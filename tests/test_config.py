@@ -131,6 +131,54 @@ def test_bad_configs_fail_before_any_model_loads(tmp_path):
         build(make_cfg(tmp_path, missing))
 
 
+def test_settings_this_machine_cannot_run_fail_before_any_model_loads(tmp_path, monkeypatch):
+    """Sleep mode without CUDA, FlashAttention 2 without its package, a GPU or 16-bit compute: refused by
+    build() before the model is fetched (the tiny model's prepare step would create its directory)."""
+    models = tmp_path / "models"
+    base = ["model=tiny", f"paths.models_dir={models}", "trainer.accelerator=cpu"]
+    with pytest.raises(ValueError, match=r"rollout.engine.sleep_level=1 needs a CUDA device"):
+        build(make_cfg(tmp_path, [*base, "rollout.engine.sleep_level=1"]))
+    with pytest.raises(ValueError, match=r"rollout.engine.sleep_level must be 0 \(off\), 1 .* got 3"):
+        build(make_cfg(tmp_path, [*base, "rollout.engine.sleep_level=3"]))
+    fa2 = [*base, "model.attn_implementation=flash_attention_2"]
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "flash_attn" else True)
+    with pytest.raises(ValueError, match="needs the flash-attn package, which is not installed"):
+        build(make_cfg(tmp_path, fa2))
+    monkeypatch.undo()
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: True)
+    with pytest.raises(ValueError, match="flash_attention_2 needs a CUDA device"):
+        build(make_cfg(tmp_path, fa2))
+    monkeypatch.setattr("sppo_pl.config._on_gpu", lambda accelerator: True)
+    with pytest.raises(ValueError, match="computes in bf16 or fp16 only, but trainer.precision=32-true"):
+        build(make_cfg(tmp_path, [*fa2, "trainer.precision=32-true", "rollout.engine.dtype=bfloat16"]))
+    gpu = ["model=tiny", f"paths.models_dir={models}", "trainer.accelerator=gpu"]
+    with pytest.raises(ValueError, match="rollout.engine.dtype=float32 on a GPU"):
+        build(make_cfg(tmp_path, [*gpu, "rollout.engine.dtype=float32"]))
+    with pytest.raises(ValueError, match="rollout.mode=colocate with trainer.devices=4 GPUs"):
+        build(make_cfg(tmp_path, [*gpu, "trainer.devices=4", "rollout.mode=colocate"]))
+    assert not models.exists()
+
+
+def test_engine_dtype_and_attention_follow_the_machine(monkeypatch):
+    from sppo_pl.config import best_attention, engine_dtype, rollout_mode
+
+    monkeypatch.setattr("sppo_pl.config._on_gpu", lambda accelerator: accelerator != "cpu")
+    assert engine_dtype("bf16-mixed", "float32", "gpu") == "bfloat16"
+    assert engine_dtype("16-mixed", "float32", "gpu") == "float16"
+    assert engine_dtype("bf16-true", "float32", "gpu") == "bfloat16"
+    assert engine_dtype("32-true", "float32", "gpu") == "float32"
+    assert engine_dtype("bf16-mixed", "float32", "cpu") == "float32"
+    assert (rollout_mode(4, "gpu"), rollout_mode(1, "gpu"), rollout_mode(2, "cpu")) == (
+        "rank0",
+        "colocate",
+        "colocate",
+    )
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    assert best_attention("gpu") == "sdpa"
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: True)
+    assert (best_attention("gpu"), best_attention("cpu")) == ("flash_attention_2", "sdpa")
+
+
 def test_lengths_beyond_context_fail(tmp_path, tiny_model_dir):
     cfg = make_cfg(tmp_path, ["model=local", f"model.path={tiny_model_dir}", "model.max_response_len=4000"])
     with pytest.raises(ValueError, match="exceeds the model's context of 1024"):

@@ -71,3 +71,23 @@ def test_named_weights_include_the_tied_lm_head(tiny_model_dir):
 def test_bad_reference_mode(tiny_model_dir):
     with pytest.raises(ValueError, match="module.reference"):
         SPPOModule(str(tiny_model_dir), loss=SPPOLoss(), reference="frozen")
+
+
+def test_pi_t_logps_are_computed_in_the_trainers_precision(tiny_model_dir):
+    """Under bf16-mixed the training step runs in bf16 autocast: pi_t's no-grad pass must too, else the
+    iteration starts from a log-ratio of bf16 rounding noise (and FSDP1's bf16 parameters meet fp32 inputs)."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    module = SPPOModule(str(tiny_model_dir), loss=SPPOLoss())
+    fp32 = _rollouts()
+    module.compute_ref_logps(fp32, pad_id=0)
+    plugin = MixedPrecision("bf16-mixed", "cpu")
+    module._trainer = SimpleNamespace(precision_plugin=plugin, strategy=SimpleNamespace(model=None))
+    mixed = _rollouts()
+    module.compute_ref_logps(mixed, pad_id=0)
+    with torch.no_grad(), plugin.forward_context():
+        step = module.policy_logps(collate_rollouts(mixed, pad_id=0))
+    assert torch.equal(step, torch.tensor([r.ref_logps for r in mixed]))
+    assert [r.ref_logps for r in mixed] != [r.ref_logps for r in fp32]

@@ -17,10 +17,16 @@ pytestmark = pytest.mark.slow
 
 
 def run_train(
-    tmp_path: Path, *overrides: str, pythonpath: Path | None = None, entry: tuple[str, ...] = ("train.py",)
+    tmp_path: Path,
+    *overrides: str,
+    pythonpath: Path | None = None,
+    entry: tuple[str, ...] = ("train.py",),
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """``python train.py`` (or another Hydra ``entry``, e.g. ``("-m", "sppo_pl.eval")``) with these overrides."""
+    """``python train.py`` (or another Hydra ``entry``, e.g. ``("-m", "sppo_pl.eval")``) with these overrides
+    (and ``extra_env`` added to the environment)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}  # as a user with no W&B account
+    env.update(extra_env or {})
     env["SPPO_MODELS_DIR"] = str(tmp_path / "models")
     env["SPPO_DATA_DIR"] = str(tmp_path / "data")
     if pythonpath is not None:

@@ -39,6 +39,7 @@ class Generation:
     token_ids: list[list[int]]
     texts: list[str]
     finish_reasons: list[str]
+    logprobs: list[list[float]] | None = None  # per sampled token, when the engine was asked for them
 
 
 @runtime_checkable

@@ -54,8 +54,10 @@ def build_tiny_model(
     max_position_embeddings: int = 1024,
     initializer_range: float = 0.2,
     seed: int = 0,
+    tie_word_embeddings: bool = True,
 ) -> Path:
-    """Create (once) and return a directory holding a random tiny Llama and its tokenizer."""
+    """Create (once) and return a directory holding a random tiny Llama and its tokenizer
+    (``tie_word_embeddings=False``: an output head of its own, as in most models above 3B)."""
     import torch
     from transformers import GenerationConfig, LlamaForCausalLM
 
@@ -68,6 +70,8 @@ def build_tiny_model(
         "seed": seed,
     }
     spec["init"] = initializer_range
+    if not tie_word_embeddings:
+        spec["tied"] = False
     if _cached(out, spec):
         return out
     tokenizer = build_tokenizer()
@@ -79,7 +83,7 @@ def build_tiny_model(
         num_heads,
         max_position_embeddings,
         initializer_range,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
