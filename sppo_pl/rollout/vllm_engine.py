@@ -12,9 +12,10 @@ engine sleeps, so training has the GPU to itself. Level 1 offloads the weights t
 KV cache; level 2 drops both, and the weights must be synced again after waking (``weights_dropped``).
 The rollout callback decides when: wake the weights, sync, wake the KV cache, generate, sleep.
 
-Every call into vLLM runs with autocast off: under Lightning's ``bf16-mixed`` a hook or step runs inside
-``torch.autocast``, which would turn the engine's own matmuls into bf16 while its fp32 buffers and kernels
-expect fp32 (on CUDA: an illegal memory access in the next step).
+Every call into vLLM runs with autocast off, so a caller's ``torch.autocast`` (Lightning runs steps under it
+with ``bf16-mixed``) can never reach the engine's kernels. On CUDA vLLM 0.26, generation under autocast was
+checked equal to generation outside it; the illegal memory access seen with an fp32 engine in the training
+loop is not this (see ``sppo_pl.config.check_gpu_engine``).
 """
 
 from __future__ import annotations
