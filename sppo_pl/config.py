@@ -64,8 +64,9 @@ def check_loss(cfg: DictConfig, loss) -> None:
 
 
 def check_runtime(cfg: DictConfig) -> None:
-    """What the machine must offer for the run's settings: sleep mode needs CUDA; FlashAttention 2 needs the
-    ``flash-attn`` package, a GPU and 16-bit compute. Raised before anything loads, naming the key."""
+    """What the machine must offer for the run's settings: sleep mode needs CUDA; a vLLM engine on GPUs must be
+    16-bit and not colocated on several GPUs of one machine (:func:`check_gpu_engine`); FlashAttention 2 needs
+    the ``flash-attn`` package, a GPU and 16-bit compute. Raised before anything loads, naming the key."""
     from sppo_pl.rollout.vllm_engine import check_sleep_level
 
     on_gpu = _on_gpu(cfg.trainer.get("accelerator", "auto"))
