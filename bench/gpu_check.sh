@@ -26,6 +26,7 @@ if compgen -G ".gpu/extra/*.whl" >/dev/null; then
     export SPPO_BENCH_TRL=/tmp/site
 fi
 left() { echo $((budget - SECONDS)); }
+backends() { grep -hoE "Using [A-Za-z_.]+ (attention )?backend[^\"]*" "$@" | sort | uniq -c; }  # vLLM's choice
 summary="$out/summary.txt"
 note() { echo "[$SECONDS s] $*" | tee -a "$summary"; }
 {
@@ -53,7 +54,7 @@ for f in "$logs"/test_*.txt; do
     grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed" "$f" | tail -12 >>"$summary"
 done
 tail -n 400 "$logs"/test_*.txt >"$out/tests.txt" 2>&1
-grep -hoE "Using [A-Za-z_.]+ (attention )?backend[^\"]*|attention backend[^\"]{0,80}" "$logs"/test_*.txt | sort | uniq -c >>"$summary"
+backends "$logs"/test_*.txt >>"$summary"
 note "tests done"
 
 # ---- 2-4. benches, alone on the GPU ----------------------------------------------------------------------------
@@ -64,7 +65,7 @@ bench() {  # name, seconds, command...
     note "$name: up to $limit s"
     timeout "$limit" "$@" >"$logs/$name.log" 2>&1
     note "$name exit code $?"
-    grep -hoE "Using [A-Za-z_.]+ (attention )?backend[^\"]*" "$logs/$name.log" | sort | uniq -c >>"$summary"
+    backends "$logs/$name.log" >>"$summary"
 }
 t=$(left); bench realistic_1.5b $((t < 200 ? t : 200)) python3 -m bench.realistic --size 1.5b --out "$out"
 model=/tmp/sppo-models/qwen2.5-1.5b-random

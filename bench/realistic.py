@@ -5,13 +5,13 @@ sync and one self-play iteration's peak GPU memory with and without the engine's
     python -m bench.realistic --size tiny --device cpu       (a dry run of the same code on CPU)
 
 Weights cannot travel to the GPU machine, so the model is built from the architecture's published config
-(``QWEN25``) with random weights, beside a word-level tokenizer covering its whole vocabulary; timings and
-memory do not depend on the values. In one process, with sppo-pl's own pieces (``SPPOModule``,
+(``QWEN25``) with random weights, beside the tiny model's byte-level BPE tokenizer padded to its whole
+vocabulary (``padded_tokenizer``); timings and memory do not depend on the values. In one process, with sppo-pl's own pieces (``SPPOModule``,
 ``VLLMEngine`` created with sleep mode, ``HFEngine``):
 
 1. rollout: ``--prompts`` prompts of ``--prompt-len`` tokens x K samples of ``--max-tokens`` tokens at T = 1,
    vLLM (bf16, the default compiled engine) vs Hugging Face ``generate`` on a bf16 copy of the policy, one
-   batch; tokens/s of the medians;
+   batch, each timed by ``bench.rollout.timed`` (per-prompt seeds, a warm-up, median tokens/s);
 2. weight sync (``VLLMEngine.sync_weights`` of the fp32 policy's stream) vs a plain device-to-device copy
    of the same tensors into bf16 buffers of the same shapes;
 3. one self-play iteration per sleep level 0, 1, 2 (wake the weights, sync, wake the KV cache, generate,
@@ -204,23 +204,12 @@ def sync_vs_copy(engine, module, device: str, repeats: int) -> dict:
 
 
 def rollout_speed(engine, hf, prompts, sampling, repeats: int) -> dict:
-    """vLLM vs HF generate on the same prompts and sampling: median seconds and tokens/s."""
-    out = {}
-    for name, eng in (("vllm", engine), ("hf_generate", hf)):
-        eng.generate(prompts[:2], sampling)  # warm-up
-        seconds, tokens = [], []
-        for _ in range(repeats):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            gens = eng.generate(prompts, sampling)
-            seconds.append(time.perf_counter() - start)
-            tokens.append(sum(len(t) for g in gens for t in g.token_ids))
-        out[name] = {
-            "seconds": seconds,
-            "tokens": tokens,
-            "tokens_per_s": statistics.median(tokens) / statistics.median(seconds),
-        }
+    """vLLM vs HF generate on the same prompts and sampling (``bench.rollout.timed`` for each)."""
+    from bench.rollout import timed
+
+    out = {
+        name: timed(eng, prompts, sampling, repeats) for name, eng in (("vllm", engine), ("hf_generate", hf))
+    }
     out["vllm_over_hf"] = out["vllm"]["tokens_per_s"] / out["hf_generate"]["tokens_per_s"]
     return out
 
