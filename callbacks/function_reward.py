@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from callbacks.reward import RewardCallback
-from sppo_pl.rewards.function import resolve_function
+from sppo_pl.rewards.function import check_scores, resolve_function
 from sppo_pl.rewards.preference import bradley_terry, hard_preference
 
 
@@ -32,16 +32,24 @@ class FunctionReward(RewardCallback):
         if preference not in ("bradley_terry", "hard"):
             raise ValueError(f"reward.preference must be 'bradley_terry' or 'hard', got {preference!r}")
         self.fn = resolve_function(fn)
+        self.name = fn if isinstance(fn, str) else dotted_name(fn)
         self.preference, self.scale, self.is_verifier = preference, scale, verifier
 
     def score(self, prompts, responses, **fields):
         return self.fn(prompts, responses, **fields)
 
     def checked_score(self, prompts, responses, **fields):
-        try:
-            return super().checked_score(prompts, responses, **fields)
-        except ValueError as e:
-            raise ValueError(f"reward.fn={getattr(self.fn, '__qualname__', self.fn)}: {e}") from e
+        """The function's scores, checked (:func:`sppo_pl.rewards.function.check_scores`): errors name it as
+        ``reward.fn=<dotted path>``."""
+        return check_scores(
+            self.score(prompts, responses, **fields), len(responses), f"reward.fn={self.name}"
+        )
 
     def preferences(self, scores: torch.Tensor) -> torch.Tensor:
         return hard_preference(scores) if self.preference == "hard" else bradley_terry(scores, self.scale)
+
+
+def dotted_name(fn: Callable) -> str:
+    """``package.module.function`` of a callable (its repr when it has no qualified name)."""
+    qualname = getattr(fn, "__qualname__", None)
+    return f"{getattr(fn, '__module__', None)}.{qualname}" if qualname else repr(fn)

@@ -33,6 +33,7 @@ class RewardCallback(L.Callback):
 
     is_verifier = False  # scores are 0/1 correctness: also log val/acc
     has_scores = True  # pointwise scores exist (val/reward_mean); False for pairwise models
+    needs_answers = False  # True: every prompt needs an answer, checked when the run starts
 
     def __init__(self, include_self: bool = True):
         self.include_self = include_self
@@ -168,6 +169,7 @@ class MathReward(RewardCallback):
     """
 
     is_verifier = True
+    needs_answers = True
 
     def __init__(self, fallback: str = "last_number", numeric: bool = False, include_self: bool = True):
         from sppo_pl.rewards.math import check_fallback

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -37,7 +38,8 @@ def register_resolvers() -> None:
     """``${project_root:}``, ``${sum:a,b}``, ``${not_env:NAME}`` (True when NAME is unset or empty),
     ``${default_precision:accelerator}``, ``${engine_dtype:precision,model_dtype,accelerator}``,
     ``${best_attention:accelerator}``, ``${rollout_mode:devices,accelerator}``,
-    ``${steps_per_iteration:prompts,batch,accumulate,devices,nodes}``."""
+    ``${steps_per_iteration:prompts,batch,accumulate,devices,nodes}``, ``${run_name:}`` (a unique run folder
+    name, :func:`sppo_pl.rundir.run_name`)."""
     from sppo_pl.schedules import steps_per_iteration
 
     for name, fn in {
@@ -52,6 +54,55 @@ def register_resolvers() -> None:
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+    if not OmegaConf.has_resolver("run_name"):  # drawn once per run, kept by Hydra's sweeps like ${now:}
+        from sppo_pl.rundir import run_name
+
+        OmegaConf.register_new_resolver("run_name", run_name, use_cache=True)
+
+
+def check_config(cfg: DictConfig, loss) -> None:
+    """Every check of the composed config that needs no model, run before anything is fetched or loaded."""
+    check_required(cfg)
+    check_sampling(cfg)
+    check_loss(cfg, loss)
+    check_batches(cfg)
+    check_data_source(cfg)
+    check_runtime(cfg)
+    check_model_targets(cfg)
+
+
+def check_required(cfg: DictConfig) -> None:
+    """No mandatory value (``???``) left unset, e.g. ``data.dataset.train`` under ``data=local``."""
+    run = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # hydra's own keys fill in at run time
+    missing = sorted(OmegaConf.missing_keys(run))
+    if missing:
+        raise ValueError(
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required: give {missing[0]}=..."
+        )
+
+
+def check_sampling(cfg: DictConfig) -> None:
+    """``rollout.sampling`` holds only sampling settings, each one a generation can use
+    (:func:`sppo_pl.rollout.base.check_sampling`), and ``rollout.val_max_tokens`` is unset or >= 1."""
+    from dataclasses import fields
+
+    from sppo_pl.rollout.base import SamplingConfig
+
+    sampling = cfg.rollout.get("sampling")
+    if sampling is not None:
+        known = [f.name for f in fields(SamplingConfig)]
+        unknown = [k for k in sampling if k not in known]
+        if unknown:
+            raise ValueError(
+                f"rollout.sampling.{unknown[0]} is not a sampling setting (rollout.sampling takes {', '.join(known)})"
+            )
+        SamplingConfig(**OmegaConf.to_container(sampling, resolve=True))
+    val = cfg.rollout.get("val_max_tokens")
+    if val is not None and (not _whole(val) or val < 1):
+        raise ValueError(
+            "rollout.val_max_tokens must be a whole number >= 1 (or null: rollout.sampling.max_tokens), "
+            f"got {val!r}"
+        )
 
 
 def check_loss(cfg: DictConfig, loss) -> None:
@@ -61,6 +112,104 @@ def check_loss(cfg: DictConfig, loss) -> None:
         raise ValueError(
             f"loss {cfg.loss._target_} compares the samples of a prompt: rollout.sampling.n must be >= 2, got {k}"
         )
+
+
+def check_batches(cfg: DictConfig) -> None:
+    """``data.prompts_per_epoch`` splits evenly over the ranks (``trainer.devices`` x ``trainer.num_nodes``),
+    and each rank's share of an iteration's rollouts fills at least one ``data.batch_size`` batch (a larger
+    batch would silently train on one short batch per iteration)."""
+    data = cfg.data
+    for key in ("prompts_per_epoch", "batch_size", "val_batch_size"):
+        value = data.get(key, 1)
+        if not _whole(value) or value < 1:
+            raise ValueError(f"data.{key} must be a whole number >= 1, got {value!r}")
+    per_epoch, batch = data.get("prompts_per_epoch"), data.get("batch_size")
+    if per_epoch is None or batch is None:
+        return
+    world, ranks = world_size(cfg.trainer)
+    if per_epoch % world:
+        raise ValueError(
+            f"data.prompts_per_epoch={per_epoch} must be a multiple of the number of ranks, {world} ({ranks}): "
+            "every rank trains on the same share of an iteration's prompts"
+        )
+    share = per_epoch // world
+    if batch > share:
+        raise ValueError(
+            f"data.batch_size={batch} is larger than the {share} rollouts each rank trains on per iteration "
+            f"(data.prompts_per_epoch={per_epoch} over {world} rank{'s' if world > 1 else ''}): every "
+            f"iteration would be one short batch; use data.batch_size <= {share} or more data.prompts_per_epoch"
+        )
+
+
+def world_size(trainer: DictConfig) -> tuple[int, str]:
+    """The number of ranks the trainer settings ask for, and the keys that make it (for messages)."""
+    from sppo_pl.strategy import device_count
+
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
+    world = device_count(devices, trainer.get("accelerator", "auto")) * nodes
+    keys = f"trainer.devices={devices}" + (f" x trainer.num_nodes={nodes}" if nodes != 1 else "")
+    return world, keys
+
+
+def check_data_source(cfg: DictConfig) -> None:
+    """Every ``data.dataset`` key is an argument of its source. An experiment written for one source may set
+    keys another lacks (``experiment=smoke``'s arithmetic sizes under ``data=local``): refused here, naming
+    the keys, instead of a TypeError once the model has loaded."""
+    import inspect
+
+    from hydra.utils import get_method
+
+    node = cfg.data.get("dataset")
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    try:
+        params = inspect.signature(get_method(node._target_)).parameters
+    except Exception as e:
+        raise ValueError(f"data.dataset._target_={node._target_} is not an importable function: {e}") from e
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in node if not str(k).startswith("_") and k not in params]
+    if unknown:
+        data, experiment = _choice("data"), _choice("experiment")
+        raise ValueError(
+            f"{', '.join(f'data.dataset.{k}' for k in unknown)}: not arguments of "
+            f"{f'data={data}' if data else 'data'}'s source {node._target_}, which takes {', '.join(params)}"
+            + (f" (experiment={experiment} may set keys for another data source)" if experiment else "")
+        )
+
+
+def _choice(group: str) -> str | None:
+    """The option Hydra composed for ``group`` (None outside a Hydra run, or for an unset group)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+
+
+def check_model_targets(cfg: DictConfig) -> None:
+    """Models are fetched or built only under ``paths.models_dir``: a step of ``model.prepare`` or
+    ``prepare.*`` that writes a model (it takes ``models_dir``) may name a target outside it only when a model
+    is already there, so nothing is downloaded and no directory is created (``model.path=/nope/model``)."""
+    from sppo_pl.utils.fetch_model import check_writes_under, is_model_dir
+
+    steps = {
+        "model.prepare": cfg.model.get("prepare"),
+        **{f"prepare.{k}": v for k, v in (cfg.get("prepare") or {}).items()},
+    }
+    for name, step in steps.items():
+        writes_model = isinstance(step, DictConfig) and {"models_dir", "out"} <= set(step)
+        if writes_model and not is_model_dir(step.out):
+            check_writes_under(step.out, step.models_dir, _source_key(step, "out", name))
+
+
+def _source_key(step: DictConfig, field: str, name: str) -> str:
+    """The key a step's field is copied from (``model.path`` for ``out: ${model.path}``), else its own key."""
+    raw = OmegaConf.to_container(step, resolve=False).get(field)
+    match = re.fullmatch(r"\$\{([\w.]+)\}", str(raw))
+    return match.group(1) if match else f"{name}.{field}"
+
+
+def _whole(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def check_runtime(cfg: DictConfig) -> None:

@@ -9,8 +9,9 @@ with ``reload_dataloaders_every_n_epochs=1`` Lightning rebuilds :meth:`train_dat
 from __future__ import annotations
 
 import logging
+import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from functools import lru_cache
 from typing import Any
@@ -19,7 +20,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from sppo_pl.data.common import check_columns, check_prompt
+from sppo_pl.data.common import check_columns, check_prompt, locate
 from sppo_pl.types import Rollout
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class SPPODataModule(L.LightningDataModule):
         self.max_prompt_len, self.max_val_prompts, self.seed = max_prompt_len, max_val_prompts, seed
         self.train_prompts: list[dict] = []
         self.val_prompts: list[dict] = []
+        self.where: dict[str, list[tuple[str, int]]] = {}  # split -> each prompt's (file or split, row)
         self.rollouts: list[Rollout] = []
         self.rollout_epoch = -1
         self.rollout_step = -1
@@ -88,14 +90,19 @@ class SPPODataModule(L.LightningDataModule):
         self.val_prompts = self._encode(val, "test")
 
     def _encode(self, split, name: str) -> list[dict]:
+        """The split's rows checked and tokenized; ``self.where[name]`` records where each came from."""
         check_columns(split, f"split '{name}'", [self.prompt_key, *self.fields])
-        rows = [self._encode_row(row, name, i) for i, row in enumerate(split)]
-        kept = [r for r in rows if r is not None]
-        if len(kept) < len(rows):
+        kept, self.where[name] = [], []
+        for i, row in enumerate(split):
+            at = locate(row, name, i)  # the file and its row, for a local file's rows
+            if (encoded := self._encode_row(row, *at)) is not None:
+                kept.append(encoded)
+                self.where[name].append(at)
+        if len(kept) < len(split):
             log.warning(
                 "data: dropped %d of %d '%s' prompts above model.max_prompt_len=%d",
-                len(rows) - len(kept),
-                len(rows),
+                len(split) - len(kept),
+                len(split),
                 name,
                 self.max_prompt_len,
             )
@@ -105,24 +112,43 @@ class SPPODataModule(L.LightningDataModule):
             )
         return kept
 
-    def _encode_row(self, row: dict, name: str, i: int) -> dict | None:
-        """One checked, tokenized row; None if over-long and ``drop_overlong``."""
-        prompt = check_prompt(row[self.prompt_key], f"split '{name}'", i, self.prompt_key)
+    def _encode_row(self, row: dict, where: str, i: int) -> dict | None:
+        """One checked, tokenized row (row ``i`` of ``where``); None if over-long and ``drop_overlong``."""
+        prompt = check_prompt(row[self.prompt_key], where, i, self.prompt_key)
         ids = encode_prompt(self.tokenizer, prompt, self.system_prompt)
         if len(ids) > self.max_prompt_len:
             if self.drop_overlong:
                 return None
             raise ValueError(
-                f"data: split '{name}' row {i}: prompt is {len(ids)} tokens, above "
+                f"data: {where} row {i}: prompt is {len(ids)} tokens, above "
                 f"model.max_prompt_len={self.max_prompt_len} (data.drop_overlong=true drops such rows)"
             )
         answer = row.get(self.answer_key) if self.answer_key else None
         return {
             "prompt": prompt if isinstance(prompt, str) else prompt[-1]["content"],
             "prompt_ids": ids,
-            "answer": None if answer is None else str(answer),
+            "answer": None if answer is None or _is_nan(answer) else str(answer),
             **self._fields(row),
         }
+
+    def check_answers(self, reward: Any) -> None:
+        """Every prompt of both splits has an answer, if ``reward`` (the run's reward config) needs them: if a
+        class it names sets ``needs_answers`` (a verifier, alone or in a mix). ``build`` calls it after
+        :meth:`setup`, so a missing answer stops the run before the model loads, not at the first scoring."""
+        verifier = answers_needed_by(reward)
+        if verifier is None:
+            return
+        if not self.answer_key:
+            raise ValueError(
+                f"data.answer_key is null (prompts without answers), but the reward {verifier} checks every "
+                "response against its prompt's answer"
+            )
+        for name, prompts in (("train", self.train_prompts), ("test", self.val_prompts)):
+            for p, (where, i) in zip(prompts, self.where.get(name, []), strict=False):
+                if not (p["answer"] or "").strip():
+                    raise ValueError(
+                        f"data: {where} row {i}: no answer, but the reward {verifier} needs one for every prompt"
+                    )
 
     def _fields(self, row: dict) -> dict:
         return {k: row[k] for k in self.fields}
@@ -187,6 +213,38 @@ class SPPODataModule(L.LightningDataModule):
         return DataLoader(
             self.val_prompts, batch_size=self.val_batch_size, shuffle=False, collate_fn=_as_columns
         )
+
+
+def answers_needed_by(reward: Any) -> str | None:
+    """The ``_target_`` in a reward config (or in a node inside it: the oracles of a mix) whose class sets
+    ``needs_answers``, read without instantiating it; None if no class does. A ``_target_`` that does not
+    import is left to ``instantiate`` to report."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(reward) if OmegaConf.is_config(reward) else reward
+    for target in _targets(node):
+        try:
+            cls = get_class(target)
+        except Exception:
+            continue
+        if getattr(cls, "needs_answers", False):
+            return target
+    return None
+
+
+def _targets(node: Any) -> Iterator[str]:
+    """Every ``_target_`` in a config (as plain containers), outermost first."""
+    if isinstance(node, dict):
+        if isinstance(node.get("_target_"), str):
+            yield node["_target_"]
+        node = list(node.values())
+    for v in node if isinstance(node, list) else ():
+        yield from _targets(v)
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _epoch_to_train(trainer) -> int:

@@ -43,6 +43,12 @@ def all_gather_list(items: list) -> list:
     return [x for part in parts for x in part]
 
 
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every element of every tensor is finite (a sharded DTensor: this rank's shard only)."""
+    flags = [torch.isfinite(t.to_local() if hasattr(t, "to_local") else t).all() for t in tensors]
+    return bool(torch.stack(flags).all()) if flags else True  # one host sync
+
+
 def broadcast_from_zero(obj):
     """Rank 0's ``obj`` on every rank."""
     rank, world = rank_and_world()

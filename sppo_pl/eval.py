@@ -53,8 +53,8 @@ class Policy:
 def resolve_policy(path: str) -> Policy:
     """``policy=``: a Hugging Face directory, a run directory (its ``hf_model``, else its last checkpoint), or
     a checkpoint (a file, or a sharded folder)."""
+    from sppo_pl.checkpoint import resolve_ckpt
     from sppo_pl.export import checkpoint_model_path
-    from sppo_pl.training import resolve_ckpt
 
     p = Path(path)
     if not p.exists():
@@ -184,6 +184,7 @@ def eval_prompts(cfg: DictConfig, tokenizer_path: str) -> tuple[list[dict], list
 
     dm = instantiate(cfg.data, tokenizer=AutoTokenizer.from_pretrained(tokenizer_path))
     dm.setup("validate")
+    dm.check_answers(cfg.reward)  # a verifier needs every prompt's answer: said now, not at scoring
     return dm.val_prompts, dm.fields
 
 

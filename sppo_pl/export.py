@@ -57,6 +57,9 @@ def export_hf(ckpt: str | Path, out: str | Path, model_path: str | None = None) 
     from transformers import AutoTokenizer
 
     policy = load_policy_from_checkpoint(ckpt, model_path)
+    bad = [n for n, t in policy.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(f"{ckpt}: {len(bad)} weights are not finite (e.g. {bad[0]}): nothing exported")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     policy.save_pretrained(out)

@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import csv
 import logging
+import signal
 from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from sppo_pl.config import check_loss, check_model_dir, check_runtime
+from sppo_pl.checkpoint import check_ckpt_model, last_checkpoint, resolve_ckpt
+from sppo_pl.config import check_config, check_model_dir
+from sppo_pl.rundir import hold_run_dir
 
 log = logging.getLogger(__name__)
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
-    """Instantiate everything in order; every config error is raised before a model loads."""
+def build(
+    cfg: DictConfig, ckpt: str | None = None
+) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
+    """Instantiate everything in order; every config error is raised before a model loads (and a checkpoint
+    to resume, ``ckpt``, is checked to hold ``model.path``'s architecture)."""
     loss = instantiate(cfg.loss)
-    check_loss(cfg, loss)
-    check_runtime(cfg)
+    check_config(cfg, loss)
     prepare(cfg)
     check_model_dir(cfg)
+    if ckpt is not None:
+        check_ckpt_model(ckpt, cfg.model.path)
     L.seed_everything(cfg.seed, workers=True)
 
     from transformers import AutoTokenizer
@@ -31,6 +39,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningModule, L.LightningDataModule, L.
         tokenizer.pad_token = tokenizer.eos_token
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
     datamodule.setup("fit")  # reads and checks every prompt now, before the model loads
+    datamodule.check_answers(cfg.reward)  # a verifier reward needs every prompt's answer
     module = instantiate(
         cfg.module,
         loss=loss,
@@ -54,18 +63,46 @@ def prepare(cfg: DictConfig, model: bool = True) -> None:
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Run the self-play iterations; returns ``cfg.optimized_metric`` at the end (for sweeps)."""
+    """Run the self-play iterations; returns ``cfg.optimized_metric`` at the end (for sweeps).
+
+    The run directory is held for this run alone (:func:`sppo_pl.rundir.hold_run_dir`) and ``ckpt_path`` is
+    checked before anything loads. A run stopped by SIGTERM (a scheduler's pre-emption) exits 143 after its
+    last finished iteration's checkpoint, and says how to resume; nothing is exported then.
+    """
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    module, datamodule, trainer = build(cfg)
-    if cfg.get("validate_before_training") and not cfg.get("ckpt_path"):
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt(cfg.get("ckpt_path")))
-    if trainer.is_global_zero:
-        _report(cfg, out, trainer)
+    with hold_run_dir(out):
+        ckpt = resolve_ckpt(cfg.get("ckpt_path"))
+        (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        module, datamodule, trainer = build(cfg, ckpt)
+        if cfg.get("validate_before_training") and not ckpt:
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+        except SIGTERMException:
+            raise SystemExit(_preempted(out, trainer)) from None
+        if trainer.is_global_zero:
+            _report(cfg, out, trainer)
     metric = trainer.callback_metrics.get(cfg.get("optimized_metric") or "")
     return None if metric is None else float(metric)
+
+
+def _preempted(out: Path, trainer: L.Trainer) -> int:
+    """Say where a run stopped by SIGTERM can resume from; the exit status (128 + SIGTERM)."""
+    ckpt = last_checkpoint(trainer)
+    kept = f"its last finished iteration's checkpoint is {ckpt}" if ckpt else "no iteration had finished"
+    done = trainer.fit_loop.epoch_progress.current.completed
+    log.error(
+        "stopped by SIGTERM at step %d, with %d of %s self-play iterations finished; %s. Resume in place "
+        "with: python train.py <the same overrides> ckpt_path=%s hydra.run.dir=%s",
+        trainer.global_step,
+        done,
+        trainer.max_epochs,
+        kept,
+        out,
+        out,
+    )
+    return 128 + signal.SIGTERM
 
 
 def _report(cfg: DictConfig, out: Path, trainer: L.Trainer) -> None:
@@ -73,27 +110,17 @@ def _report(cfg: DictConfig, out: Path, trainer: L.Trainer) -> None:
     table = val_table(out / "metrics.csv")
     if table:
         print(format_table(table))
-    last = out / "checkpoints" / "last.ckpt"
+    last = Path(
+        getattr(trainer.checkpoint_callback, "last_model_path", "") or out / "checkpoints" / "last.ckpt"
+    )
     if cfg.get("export_hf") and last.exists():
         from sppo_pl.export import export_hf
 
-        log.info("exported the final policy to %s", export_hf(last, out / "hf_model", cfg.model.path))
-
-
-def resolve_ckpt(path: str | None) -> str | None:
-    """``ckpt_path``: a checkpoint (file, or sharded folder), or a run directory (its last checkpoint)."""
-    if path is None:
-        return None
-    p = Path(path)
-    if (p / "checkpoints" / "last.ckpt").exists():
-        return str(p / "checkpoints" / "last.ckpt")
-    if not p.exists():
-        raise FileNotFoundError(f"ckpt_path does not exist: {path}")
-    if p.is_dir() and not (p / "meta.pt").exists():
-        raise FileNotFoundError(
-            f"ckpt_path {path} is a folder with neither checkpoints/last.ckpt nor meta.pt"
+        log.info(
+            "exported the final policy (%s) to %s",
+            last.resolve().name,
+            export_hf(last, out / "hf_model", cfg.model.path),
         )
-    return str(p)
 
 
 def val_table(metrics_csv: Path) -> list[dict]:

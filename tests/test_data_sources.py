@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from sppo_pl.data.common import SOURCE_COLUMNS
 from sppo_pl.data.gsm8k import INSTRUCTION as GSM8K_INSTRUCTION
 from sppo_pl.data.gsm8k import gsm8k_splits
 from sppo_pl.data.local import local_splits
@@ -70,7 +71,7 @@ def test_local_files_in_every_format(tmp_path, suffix):
     }.get(suffix, lambda: Dataset.from_list(rows).to_csv(str(path), index=False))()
     ds = local_splits(str(path), prompt_key="question", answer_key="solution", test_size=2)
     assert (len(ds["train"]), len(ds["test"])) == (4, 2)
-    assert set(ds["train"].column_names) == {"prompt", "answer"}
+    assert set(ds["train"].column_names) == {"prompt", "answer", *SOURCE_COLUMNS}
 
 
 def test_local_chat_messages_go_through_the_chat_template(tmp_path, tiny_tokenizer):

@@ -76,7 +76,9 @@ def test_policy_may_be_a_hf_dir_a_run_dir_or_a_checkpoint(tmp_path):
     assert (got.path, got.is_checkpoint, got.start_model) == (run / "hf_model", False, "/models/base")
     ckpt = tmp_path / "bare_run" / "checkpoints" / "last.ckpt"  # a run without hf_model: its checkpoint
     ckpt.parent.mkdir(parents=True)
-    torch.save({"hyper_parameters": {"model_path": "/models/start"}, "state_dict": {}}, ckpt)
+    torch.save(
+        {"global_step": 2, "hyper_parameters": {"model_path": "/models/start"}, "state_dict": {}}, ckpt
+    )
     for given in (tmp_path / "bare_run", ckpt):
         got = resolve_policy(str(given))
         assert (got.path, got.is_checkpoint, got.start_model) == (ckpt, True, "/models/start")

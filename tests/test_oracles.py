@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -201,6 +202,67 @@ def test_function_oracle_errors_name_the_function():
         fn.score_rollouts([rollout("q", ["a", "b"])])
     with pytest.raises(ValueError, match="reward.preference must be"):
         FunctionReward("sppo_pl.rewards.function.brevity", preference="soft")
+
+
+def scores_as_dict(prompts, responses, **fields):
+    """A user function that returns {row: score}: once silently read as its keys."""
+    return {i: float(len(y)) for i, y in enumerate(responses)}
+
+
+@pytest.mark.parametrize(
+    ("returned", "match"),
+    [
+        ({0: 5.0, 1: 7.0}, r"it returned a dict of length 2 \(\{0: 5.0, 1: 7.0\}\)"),
+        ("57", r"it returned a str of length 2 \('57'\)"),
+        ({5.0, 7.0}, r"it returned a set of length 2"),
+        ((s for s in [5.0, 7.0]), r"it returned a generator \("),
+        (torch.tensor([[5.0], [7.0]]), r"it returned a Tensor of shape \(2, 1\)"),
+        (np.array([[5.0], [7.0]]), r"it returned a ndarray of shape \(2, 1\)"),
+        (np.array(["5", "7"]), r"whose row 0 is a str_"),
+        ([5.0, None], r"it returned a list of length 2 \(\[5.0, None\]\), whose row 1 is a NoneType"),
+        (["5", "7"], r"whose row 0 is a str of length 1 \('5'\)"),
+        ([5.0, 1j], r"whose row 1 is a complex"),
+        (5.0, r"it returned a float \(5.0\)"),
+    ],
+)
+def test_function_oracle_refuses_what_is_not_a_sequence_of_numbers(returned, match):
+    fn = FunctionReward(lambda prompts, responses, **f: returned)
+    name = r"reward\.fn=tests\.test_oracles\..*<lambda> must return one number per response: "
+    expected = r"; expected a list, tuple, 1-D tensor or array of 2 finite numbers, one per response"
+    with pytest.raises(ValueError, match=name + ".*" + match + ".*" + expected):
+        fn.score_rollouts([rollout("q", ["hello", "goodbye"])])
+
+
+def test_function_oracle_names_its_dotted_path_and_what_it_returned():
+    fn = FunctionReward(f"{__name__}.scores_as_dict")
+    match = (
+        r"reward\.fn=tests\.test_oracles\.scores_as_dict must return one number per response: it returned a "
+        r"dict of length 2 \(\{0: 5.0, 1: 7.0\}\); expected a list, tuple, 1-D tensor or array of 2 finite"
+    )
+    with pytest.raises(ValueError, match=match):
+        fn.score_rollouts([rollout("q", ["hello", "goodbye"])])
+    with pytest.raises(ValueError, match=r"returned 3 scores for 2 responses \(a list of length 3"):
+        FunctionReward(lambda p, r, **f: [1.0, 2.0, 3.0]).checked_score(["q", "q"], ["a", "b"])
+
+
+@pytest.mark.parametrize(
+    "returned",
+    [
+        [5.0, 7],
+        (5.0, 7.0),
+        [True, False],
+        torch.tensor([5.0, 7.0]),
+        torch.tensor([1, 0]),
+        np.array([5.0, 7.0], dtype=np.float32),
+        np.array([True, False]),
+        [np.float32(5.0), np.int64(7)],
+        [torch.tensor(5.0), np.array(7.0)],
+    ],
+)
+def test_function_oracle_reads_sequences_of_real_numbers(returned):
+    fn = FunctionReward(lambda prompts, responses, **f: returned)
+    scores = fn.checked_score(["q", "q"], ["hello", "goodbye"])
+    assert scores == [float(s) for s in returned] and all(type(s) is float for s in scores)
 
 
 def test_combined_oracle_mixes_preferences_by_weight():

@@ -6,6 +6,7 @@ import pytest
 import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 
+from sppo_pl.checkpoint import resolve_ckpt
 from sppo_pl.distributed import (
     all_gather_list,
     broadcast_from_zero,
@@ -17,7 +18,6 @@ from sppo_pl.distributed import (
 )
 from sppo_pl.rollout.base import PeerEngine, request_seeds
 from sppo_pl.strategy import DecoderBlockPolicy, device_count, select_strategy
-from sppo_pl.training import resolve_ckpt
 from tests.test_config import make_cfg, options
 
 
@@ -130,12 +130,12 @@ def test_ckpt_path_accepts_a_run_directory(tmp_path):
     assert resolve_ckpt(None) is None
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
-    last.write_bytes(b"")
+    torch.save({"global_step": 2}, last)  # an empty file is refused as corrupt (tests/test_resume.py)
     assert resolve_ckpt(str(tmp_path / "run")) == str(last)
     assert resolve_ckpt(str(last)) == str(last)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         resolve_ckpt(str(tmp_path / "nope"))
-    with pytest.raises(FileNotFoundError, match="last.ckpt nor meta.pt"):
+    with pytest.raises(FileNotFoundError, match="neither checkpoints/ .* nor meta.pt"):
         resolve_ckpt(str(tmp_path))
 
 

@@ -22,9 +22,10 @@ def run_train(
     pythonpath: Path | None = None,
     entry: tuple[str, ...] = ("train.py",),
     extra_env: dict[str, str] | None = None,
+    returncode: int | None = 0,
 ) -> subprocess.CompletedProcess:
     """``python train.py`` (or another Hydra ``entry``, e.g. ``("-m", "sppo_pl.eval")``) with these overrides
-    (and ``extra_env`` added to the environment)."""
+    (and ``extra_env`` added to the environment); it must exit with ``returncode`` (None: any)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}  # as a user with no W&B account
     env.update(extra_env or {})
     env["SPPO_MODELS_DIR"] = str(tmp_path / "models")
@@ -35,7 +36,7 @@ def run_train(
     rest = [o for o in overrides if not o.startswith("-")]
     cmd = [sys.executable, *entry, *flags, f"paths.log_dir={tmp_path / 'outputs'}", *rest]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert returncode is None or proc.returncode == returncode, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
 

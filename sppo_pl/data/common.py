@@ -1,12 +1,16 @@
 """Shared by the prompt sources: reading files through ``datasets``, checking rows, making a test split.
 
 Every error names where the bad input is: the file (or dataset and split), the row (0-based, as
-``dataset[i]``; for JSON lines also the line number) and the field.
+``dataset[i]``; the line number for a fault in a text file's bytes or JSON lines) and the field. Rows read
+from a file carry its name and their row there in hidden columns (:func:`with_source`), so the data module's
+later checks name the file's row, not the row of the split a seeded test split left it at.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +19,7 @@ if TYPE_CHECKING:
 
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 ROLES = ("system", "user", "assistant")
+SOURCE_COLUMNS = ("__source_file", "__source_row")  # hidden: each row's file and its row there
 
 
 def load_source(path: str, name: str | None = None) -> DatasetDict:
@@ -37,36 +42,81 @@ def read_file(path: str | Path) -> Dataset:
         raise ValueError(f"data: {path}: unsupported file type {path.suffix!r}, use one of {sorted(FORMATS)}")
     if not path.is_file():
         raise FileNotFoundError(f"data: {path} does not exist")
-    if FORMATS[path.suffix] == "json":
-        _check_json_lines(path)
+    if path.stat().st_size == 0:
+        raise ValueError(f"data: {path} is empty")
+    if path.suffix != ".parquet":
+        _check_text(path)
     try:
         return load_dataset(FORMATS[path.suffix], data_files=str(path), split="train")
     except Exception as e:
-        raise ValueError(f"data: {path}: could not be read as {path.suffix}: {e}") from e
+        if "corresponds to no data" in str(e):  # datasets' words for a table without rows
+            raise ValueError(f"data: {path} has no rows") from e
+        raise ValueError(f"data: {path}: could not be read as {path.suffix}: {_reason(e)}") from e
 
 
-def _check_json_lines(path: Path) -> None:
-    """A JSON-lines file whose every non-blank line is a JSON object, else an error with the line number."""
-    with path.open() as f:
-        first = f.read(1)
-        if first == "[":  # a JSON array file, read as a whole by datasets
-            return
-        f.seek(0)
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+def _reason(e: BaseException) -> str:
+    """An error's message and its root cause's (``datasets`` wraps the parser's error in its own)."""
+    root = e
+    while (cause := root.__cause__ or root.__context__) is not None:
+        root = cause
+    return ": ".join(str(x) or type(x).__name__ for x in dict.fromkeys((e, root)))
+
+
+def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The file's lines as text, numbered from 1; a byte that is not UTF-8 is an error naming its line."""
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"data: {path} line {n}: not valid JSON ({e.msg})") from e
-            if not isinstance(row, dict):
-                raise ValueError(f"data: {path} line {n}: expected a JSON object, got {type(row).__name__}")
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"data: {path} line {n}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1});"
+                    " save the file as UTF-8"
+                ) from None
+
+
+def _check_text(path: Path) -> None:
+    """A ``.jsonl``/``.json``/``.csv`` file: UTF-8 throughout, not blank, and (JSON lines) every non-blank line
+    a JSON object; else an error with the line number. A JSON array file is read as a whole by datasets."""
+    json_lines, blank = FORMATS[path.suffix] == "json", True
+    for n, line in _utf8_lines(path):
+        if not line.strip():
+            continue
+        json_lines = json_lines and not (blank and line.lstrip().startswith("["))
+        blank = False
+        if json_lines:
+            _check_json_line(path, n, line)
+    if blank:
+        raise ValueError(f"data: {path} is empty")
+
+
+def _check_json_line(path: Path, n: int, line: str) -> None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"data: {path} line {n}: not valid JSON ({e.msg})") from e
+    if not isinstance(row, dict):
+        raise ValueError(f"data: {path} line {n}: expected a JSON object, got {type(row).__name__}")
+
+
+def with_source(ds: Dataset, path: str | Path) -> Dataset:
+    """``ds`` with the hidden :data:`SOURCE_COLUMNS`: the file and each row's row in it (see :func:`locate`)."""
+    file, row = SOURCE_COLUMNS
+    return ds.add_column(file, [str(path)] * len(ds)).add_column(row, list(range(len(ds))))
+
+
+def locate(row: dict, split: str, i: int) -> tuple[str, int]:
+    """Where row ``i`` of ``split`` came from, for messages: (its file, its row there) when the source
+    recorded them (:func:`with_source`), else (``"split 'train'"``, ``i``)."""
+    file, n = SOURCE_COLUMNS
+    return (row[file], row[n]) if file in row else (f"split '{split}'", i)
 
 
 def check_columns(ds: Dataset, where: str, columns: list[str]) -> None:
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
-        raise ValueError(f"data: {where} has no column {missing[0]!r} (columns: {ds.column_names})")
+        shown = [c for c in ds.column_names if c not in SOURCE_COLUMNS]
+        raise ValueError(f"data: {where} has no column {missing[0]!r} (columns: {shown})")
 
 
 def check_prompt(value: Any, where: str, row: int, field: str) -> str | list[dict]:
@@ -90,9 +140,11 @@ def check_prompt(value: Any, where: str, row: int, field: str) -> str | list[dic
 
 
 def check_answer(value: Any, where: str, row: int, field: str) -> str | None:
-    """An answer as text (numbers are turned into text); None when absent."""
+    """An answer as text (numbers are turned into text); None when absent (None, or NaN: an empty CSV cell)."""
     if value is None or isinstance(value, str):
         return value
+    if isinstance(value, float) and math.isnan(value):
+        return None
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     raise ValueError(

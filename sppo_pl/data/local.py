@@ -3,25 +3,27 @@
 A ``.jsonl``, ``.json``, ``.parquet`` or ``.csv`` file read by ``datasets``; the prompt column holds text or
 chat messages (``[{"role": "user", "content": ...}, ...]``, ending with a user turn). Without a ``test``
 file, a seeded ``test_size`` rows of ``train`` are held out for validation. Every row is checked when the
-run starts: a bad one stops it with the file, the row and the field named.
+run starts: a bad one stops it with the file, the row and the field named. Each row keeps its file and its
+row there in hidden columns (:data:`~sppo_pl.data.common.SOURCE_COLUMNS`), for the data module's messages.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sppo_pl.data.common import check_rows, read_file, with_test_split
+from sppo_pl.data.common import check_rows, read_file, with_source, with_test_split
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
 
 def read_prompts(path: str, prompt_key: str, answer_key: str | None) -> Dataset:
-    """The file's rows, checked, with the prompt column renamed ``prompt`` and the answer ``answer``."""
+    """The file's rows, checked, with the prompt column renamed ``prompt`` and the answer ``answer``, and
+    the hidden source columns added."""
     ds = read_file(path)
     check_rows(ds, str(path), prompt_key, answer_key)
     renames = {prompt_key: "prompt", **({answer_key: "answer"} if answer_key else {})}
-    return ds.rename_columns({k: v for k, v in renames.items() if k != v})
+    return with_source(ds.rename_columns({k: v for k, v in renames.items() if k != v}), path)
 
 
 def local_splits(

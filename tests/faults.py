@@ -1,0 +1,32 @@
+"""Faults injected into a real run by callbacks (``+callbacks.fault._target_=tests.faults.KillAt``)."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+
+import lightning as L
+
+
+class KillAt(L.Callback):
+    """Send this process ``sig`` (SIGKILL by default) as the batch of global step ``step`` starts."""
+
+    def __init__(self, step: int, sig: str = "SIGKILL"):
+        self.step, self.sig = step, getattr(signal, sig)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.sig)
+
+
+class NaNAt(L.Callback):
+    """Make the loss of global step ``step`` NaN (once), by poisoning one win-rate of its batch."""
+
+    def __init__(self, step: int):
+        self.step, self.fired = step, False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step and not self.fired:
+            batch["win_rate"][0, 0] = math.nan
+            self.fired = True

@@ -1,0 +1,178 @@
+"""Issue 12: every bad input is refused by ``build()`` before any model is fetched, built or loaded, and the
+message names the key. ``model=tiny`` with ``paths.models_dir=<tmp>/models`` proves it: its prepare step
+would create that directory, so it must still be absent afterwards."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from hydra.utils import instantiate
+
+from sppo_pl.config import check_config
+from sppo_pl.data import samples
+from sppo_pl.rollout.base import SamplingConfig
+from sppo_pl.training import build
+from tests.test_config import data_overrides, make_cfg, options
+
+
+def refused(tmp_path, overrides: list[str], error: type[Exception], match: str, model: str = "tiny") -> None:
+    """``build()`` raises ``error`` matching ``match``, and nothing was written under the models dir."""
+    models = tmp_path / "models"
+    base = [f"model={model}", f"paths.models_dir={models}", "trainer.accelerator=cpu"]
+    with pytest.raises(error, match=match):
+        build(make_cfg(tmp_path, [*base, *overrides]))
+    assert not models.exists()
+
+
+def checked(tmp_path, overrides: list[str]):
+    """The composed config, passed through every pre-load check (nothing is fetched or loaded)."""
+    cfg = make_cfg(
+        tmp_path, [f"paths.models_dir={tmp_path / 'models'}", "trainer.accelerator=cpu", *overrides]
+    )
+    check_config(cfg, instantiate(cfg.loss))
+    return cfg
+
+
+# ---- 1. sampling -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("rollout.sampling.temperature=-0.5", r"rollout\.sampling\.temperature must be a finite number >= 0"),
+        (
+            "rollout.sampling.max_tokens=0",
+            r"rollout\.sampling\.max_tokens must be a whole number >= 1, got 0",
+        ),
+        ("rollout.sampling.top_p=0", r"rollout\.sampling\.top_p must be in \(0, 1\], got 0"),
+        ("rollout.sampling.top_p=1.5", r"rollout\.sampling\.top_p must be in \(0, 1\], got 1.5"),
+        ("rollout.sampling.n=0", r"rollout\.sampling\.n \(samples per prompt\) must be a whole number >= 1"),
+        ("rollout.val_max_tokens=0", r"rollout\.val_max_tokens must be a whole number >= 1 .*got 0"),
+        ("+rollout.sampling.seed=3", r"rollout\.sampling\.seed is not a sampling setting"),
+    ],
+)
+def test_bad_sampling_is_refused_before_any_model_loads(tmp_path, override, match):
+    refused(tmp_path, [override], ValueError, match)
+
+
+def test_sampling_config_names_the_full_key():
+    with pytest.raises(ValueError, match=r"rollout\.sampling\.temperature must be a finite number >= 0"):
+        SamplingConfig(temperature=-1.0)
+    with pytest.raises(ValueError, match=r"rollout\.sampling\.temperature must be a finite number >= 0"):
+        SamplingConfig(temperature=float("nan"))
+    with pytest.raises(ValueError, match=r"rollout\.sampling\.top_p must be in \(0, 1\]"):
+        SamplingConfig(top_p=0.0)
+    with pytest.raises(ValueError, match=r"rollout\.sampling\.max_tokens must be a whole number >= 1"):
+        SamplingConfig(max_tokens=0)
+    with pytest.raises(
+        ValueError, match=r"rollout\.sampling\.n \(samples per prompt\) must be a whole number"
+    ):
+        SamplingConfig(n=2.5)
+    assert SamplingConfig(n=1, temperature=0, top_p=1, max_tokens=1).greedy().temperature == 0.0
+
+
+# ---- 2. devices and 3. batch size -------------------------------------------------------------------------
+def test_prompts_that_do_not_split_over_the_ranks_are_refused_before_any_model_loads(tmp_path):
+    match = r"data\.prompts_per_epoch=8 must be a multiple of the number of ranks, 3 \(trainer\.devices=3"
+    refused(tmp_path, ["data.prompts_per_epoch=8", "trainer.devices=3"], ValueError, match)
+    match = r"data\.prompts_per_epoch=8 .* ranks, 6 \(trainer\.devices=2 x trainer\.num_nodes=3\)"
+    refused(
+        tmp_path, ["data.prompts_per_epoch=8", "trainer.devices=2", "trainer.num_nodes=3"], ValueError, match
+    )
+
+
+def test_a_batch_larger_than_each_ranks_rollouts_is_refused_before_any_model_loads(tmp_path):
+    match = (
+        r"data\.batch_size=8 is larger than the 4 rollouts each rank trains on per iteration "
+        r"\(data\.prompts_per_epoch=8 over 2 ranks\)"
+    )
+    refused(
+        tmp_path, ["data.prompts_per_epoch=8", "data.batch_size=8", "trainer.devices=2"], ValueError, match
+    )
+    match = (
+        r"data\.batch_size=64 is larger than the 32 rollouts .* \(data\.prompts_per_epoch=32 over 1 rank\)"
+    )
+    refused(tmp_path, ["data.batch_size=64"], ValueError, match)
+    refused(
+        tmp_path, ["data.batch_size=0"], ValueError, r"data\.batch_size must be a whole number >= 1, got 0"
+    )
+
+
+def test_prompts_and_batches_that_fit_pass(tmp_path):
+    checked(tmp_path, ["data.prompts_per_epoch=8", "data.batch_size=4", "trainer.devices=2"])
+    checked(tmp_path, ["experiment=smoke"])
+
+
+# ---- 5. model.path outside paths.models_dir --------------------------------------------------------------
+def forbid_subprocess(monkeypatch) -> None:
+    def boom(*args, **kwargs):
+        raise AssertionError(f"subprocess called: {args}")
+
+    monkeypatch.setattr(subprocess, "run", boom)
+
+
+@pytest.mark.parametrize("model", ["smollm2_135m", "tiny", "qwen2.5_7b_instruct"])
+def test_a_missing_model_path_outside_models_dir_is_refused_before_anything_is_fetched(
+    tmp_path, monkeypatch, model
+):
+    forbid_subprocess(monkeypatch)
+    nope = tmp_path / "nope"
+    match = rf"model\.path={nope / 'model'} lies outside paths\.models_dir={tmp_path / 'models'}"
+    refused(tmp_path, [f"model.path={nope / 'model'}"], ValueError, match, model=model)
+    assert not nope.exists()
+
+
+def test_a_model_path_outside_models_dir_that_holds_a_model_is_used(tmp_path, tiny_model_dir):
+    checked(tmp_path, ["model=tiny", f"model.path={tiny_model_dir}"])
+    checked(tmp_path, [f"model.path={tmp_path / 'models' / 'elsewhere'}"])  # under models_dir: fetched there
+
+
+def test_a_recipe_oracle_outside_models_dir_is_refused_before_anything_is_built(tmp_path):
+    nope = tmp_path / "nope" / "pairwise"
+    overrides = ["experiment=uclaml_ultrafeedback_tiny", f"reward.model_path={nope}"]
+    refused(tmp_path, overrides, ValueError, rf"reward\.model_path={nope} lies outside paths\.models_dir")
+    assert not nope.parent.exists()
+
+
+# ---- 6. experiments and data sources ---------------------------------------------------------------------
+def test_smoke_keeps_its_arithmetic_sizes(tmp_path, tiny_tokenizer):
+    cfg = checked(tmp_path, ["experiment=smoke"])
+    dm = instantiate(cfg.data, tokenizer=tiny_tokenizer)
+    dm.setup("fit")
+    assert (len(dm.train_prompts), len(dm.val_prompts)) == (64, 16)
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_smoke_composes_and_instantiates_with_every_data_source(tmp_path, tiny_tokenizer, name):
+    extra, _, _ = data_overrides(name, tmp_path / "source")
+    extra = [o for o in extra if not o.startswith("data.dataset.n_")]  # the smoke sizes apply to arithmetic
+    cfg = checked(tmp_path, ["experiment=smoke", f"data={name}", *extra])
+    dm = instantiate(cfg.data, tokenizer=tiny_tokenizer)
+    dm.setup("fit")
+    assert dm.train_prompts and 0 < len(dm.val_prompts) <= 16
+
+
+def test_keys_a_data_source_does_not_take_are_refused_before_any_model_loads(tmp_path):
+    match = r"data\.dataset\.n_train: not arguments of data=local's source"
+    extra, _, _ = data_overrides("local", tmp_path / "source")
+    refused(tmp_path, ["data=local", "+data.dataset.n_train=64", *extra], ValueError, match)
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_every_data_option_passes_the_source_check(tmp_path, name):
+    extra, _, _ = data_overrides(name, tmp_path / "source")
+    checked(tmp_path, [f"data={name}", *extra])
+
+
+def test_a_required_key_left_unset_is_refused_before_any_model_loads(tmp_path):
+    refused(tmp_path, ["data=local"], ValueError, r"data\.dataset\.train is required")
+    path = samples.write_jsonl(tmp_path / "p.jsonl", [{"prompt": "1 + 1?", "answer": "2"}] * 8)
+    checked(tmp_path, ["data=local", f"data.dataset.train={path}"])
+
+
+# options with a mandatory field (???): what a user must give
+REQUIRED = {"uclaml_ultrafeedback_mistral7b": ["reward.model_path=/models/pairwise"]}
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_every_experiment_passes_the_checks(tmp_path, name):
+    checked(tmp_path, [f"experiment={name}", *REQUIRED.get(name, [])])

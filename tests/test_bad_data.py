@@ -1,0 +1,160 @@
+"""Bad prompt files refused when the run starts, before any model loads, naming the file, the row (or line)
+and the key to change; every override a message suggests composes and works as printed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hydra.utils import instantiate
+
+from sppo_pl.data.local import local_splits
+from sppo_pl.data.samples import write_jsonl
+from sppo_pl.datamodule import SPPODataModule
+from sppo_pl.training import build
+from tests.test_config import make_cfg, options
+
+NOT_UTF8 = {
+    ".jsonl": b'{"prompt": "ok", "answer": "1"}\n{"prompt": "fine", "answer": "2"}\n{"prompt": "caf\xe9"}\n',
+    ".json": b'[{"prompt": "ok", "answer": "1"},\n {"prompt": "fine", "answer": "2"},\n {"prompt": "caf\xe9"}]',
+    ".csv": b"prompt,answer\nok,1\ncaf\xe9,2\n",
+}
+
+
+@pytest.mark.parametrize("suffix", sorted(NOT_UTF8))
+def test_a_file_not_in_utf8_names_the_file_and_line(tmp_path, suffix):
+    path = tmp_path / f"bad{suffix}"
+    path.write_bytes(NOT_UTF8[suffix])
+    with pytest.raises(ValueError, match=rf"bad{suffix} line 3: not UTF-8 text \(byte 0xe9 at column \d+\)"):
+        local_splits(str(path), test_size=1)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        ("empty.jsonl", "", "empty.jsonl is empty"),
+        ("blank.jsonl", "\n  \n", "blank.jsonl is empty"),
+        ("empty.csv", "", "empty.csv is empty"),
+        ("empty.json", "", "empty.json is empty"),
+        ("header.csv", "prompt,answer\n", "header.csv has no rows"),
+        ("array.json", "[]", "array.json has no rows"),
+        ("zero.parquet", None, "zero.parquet has no rows"),
+    ],
+)
+def test_an_empty_file_is_named_as_empty(tmp_path, name, text, match):
+    from datasets import Dataset
+
+    if text is None:
+        Dataset.from_dict({"prompt": []}).to_parquet(str(tmp_path / name))
+    else:
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=match):
+        local_splits(str(tmp_path / name), test_size=1)
+
+
+def _long_prompt_file(tmp_path, row: int):
+    rows = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(10)]
+    rows[row]["prompt"] = "long " * 200 + "?"
+    return write_jsonl(tmp_path / "prompts.jsonl", rows)
+
+
+def test_an_overlong_prompt_names_the_file_and_its_row_there(tmp_path, tiny_tokenizer):
+    path = _long_prompt_file(tmp_path, row=7)
+    ds = local_splits(str(path), test_size=3, seed=0)
+    split_row = list(ds["train"]["prompt"]).index("long " * 200 + "?")
+    assert split_row != 7  # the held-out rows move it: the split's row is not the file's
+    with pytest.raises(ValueError, match=rf"data: {re.escape(str(path))} row 7: prompt is \d+ tokens"):
+        SPPODataModule(ds, tokenizer=tiny_tokenizer, max_prompt_len=64).setup("fit")
+
+
+def test_a_source_without_files_names_the_split_row(tiny_tokenizer):
+    from datasets import Dataset, DatasetDict
+
+    ds = DatasetDict(
+        train=Dataset.from_dict({"prompt": ["short?", "long " * 200 + "?"]}),
+        test=Dataset.from_dict({"prompt": ["short?"]}),
+    )
+    with pytest.raises(ValueError, match=r"data: split 'train' row 1: prompt is \d+ tokens"):
+        SPPODataModule(ds, tokenizer=tiny_tokenizer, answer_key=None, max_prompt_len=64).setup("fit")
+
+
+def test_the_suggested_drop_overlong_override_works_as_printed(tmp_path, tiny_tokenizer):
+    path = _long_prompt_file(tmp_path, row=7)
+    base = ["data=local", f"data.dataset.train={path}", "data.dataset.test_size=3", "model.max_prompt_len=64"]
+    with pytest.raises(ValueError, match=r"\((data\.\S+=\S+) drops such rows\)") as e:
+        instantiate(make_cfg(tmp_path, base).data, tokenizer=tiny_tokenizer).setup("fit")
+    override = re.search(r"\((data\.\S+=\S+) drops such rows\)", str(e.value)).group(1)
+    dm = instantiate(make_cfg(tmp_path, [*base, override]).data, tokenizer=tiny_tokenizer)
+    dm.setup("fit")
+    assert len(dm.train_prompts) + len(dm.val_prompts) == 9
+    for name in options("data"):  # every data option declares it
+        assert make_cfg(tmp_path, [f"data={name}", "data.drop_overlong=true"]).data.drop_overlong is True
+
+
+ANSWERS = "prompt,answer\nWhat is 1 + 1?,2\nWhat is 2 + 2?,4\nWhat is 3 + 3?,\nWhat is 4 + 4?,8\nWhat is 5 + 5?,10\n"
+
+
+def _no_answer_csv(tmp_path):
+    path = tmp_path / "prompts.csv"
+    path.write_text(ANSWERS)
+    return path
+
+
+@pytest.mark.parametrize("test_size", [1, 3])  # the row without an answer in train, then held out in test
+def test_a_prompt_without_an_answer_names_the_file_and_row(tmp_path, tiny_tokenizer, test_size):
+    path = _no_answer_csv(tmp_path)
+    dm = SPPODataModule(local_splits(str(path), test_size=test_size), tokenizer=tiny_tokenizer)
+    dm.setup("fit")
+    dm.check_answers({"_target_": "callbacks.function_reward.FunctionReward", "fn": "x"})  # needs none
+    with pytest.raises(ValueError, match=rf"data: {re.escape(str(path))} row 2: no answer, .*MathReward"):
+        dm.check_answers({"_target_": "callbacks.reward.MathReward"})
+
+
+def test_answers_are_needed_by_every_verifier_and_a_mix_with_one(tmp_path, tiny_tokenizer):
+    from datasets import Dataset, DatasetDict
+
+    ds = DatasetDict(  # NaN: a CSV's empty cell in a column of numbers
+        train=Dataset.from_dict({"prompt": ["a?", "b?"], "answer": [1.0, float("nan")]}),
+        test=Dataset.from_dict({"prompt": ["c?"], "answer": [""]}),
+    )
+    dm = SPPODataModule(ds, tokenizer=tiny_tokenizer)
+    dm.setup("fit")
+    needs = {"arithmetic", "combined", "gsm8k", "math"}
+    for name in options("reward"):
+        extra = {"pairwise": ["reward.model_path=x"], "reward_model": ["reward.model_path=x"]}.get(name, [])
+        reward = make_cfg(tmp_path, [f"reward={name}", *extra]).reward
+        if name in needs:
+            with pytest.raises(ValueError, match=r"data: split 'train' row 1: no answer"):
+                dm.check_answers(reward)
+        else:
+            dm.check_answers(reward)
+    dm.train_prompts[1]["answer"] = "2"
+    with pytest.raises(ValueError, match=r"data: split 'test' row 0: no answer"):
+        dm.check_answers({"_target_": "callbacks.reward.MathReward"})
+    dm.answer_key = None
+    with pytest.raises(ValueError, match=r"data.answer_key is null .*, but the reward .*MathReward"):
+        dm.check_answers({"_target_": "callbacks.reward.MathReward"})
+
+
+def test_build_refuses_a_missing_answer_before_the_model_loads(tmp_path, tiny_model_dir, monkeypatch):
+    def load_policy(*a, **kw):
+        raise AssertionError("the model loaded before the data was checked")
+
+    monkeypatch.setattr("sppo_pl.module.load_policy", load_policy)
+    path = _no_answer_csv(tmp_path)
+    cfg = make_cfg(
+        tmp_path,
+        [
+            "model=local",
+            f"model.path={tiny_model_dir}",
+            "model.max_prompt_len=64",
+            "model.max_response_len=16",
+            "trainer.accelerator=cpu",
+            "data=local",
+            f"data.dataset.train={path}",
+            "data.dataset.test_size=1",
+            "reward=math",
+        ],
+    )
+    with pytest.raises(ValueError, match=rf"data: {re.escape(str(path))} row 2: no answer"):
+        build(cfg)

@@ -1,0 +1,200 @@
+"""Checkpoints, run directories and metrics that survive crashes (unit level; end to end: test_faults.py)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from sppo_pl.checkpoint import AtomicCheckpointIO, check_ckpt_model, resolve_ckpt
+from sppo_pl.loggers import CSVLogger
+from sppo_pl.rundir import LOCK, hold_run_dir
+from tests.test_config import make_cfg
+
+
+def fake_ckpt(path: Path, step: int, state: dict | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": step, "epoch": step // 2, "state_dict": state or {}}, path)
+    return path
+
+
+def test_ckpt_path_is_checked_and_bad_files_are_named(tmp_path):
+    good = fake_ckpt(tmp_path / "good.ckpt", 4)
+    assert resolve_ckpt(str(good)) == str(good) and resolve_ckpt(None) is None
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    (tmp_path / "random.bin").write_bytes(os.urandom(4096))
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
+    for name, match in [
+        ("empty.ckpt", "empty.ckpt is empty"),
+        ("truncated.ckpt", "truncated.ckpt is corrupt or not a checkpoint"),
+        ("notes.txt", "notes.txt is corrupt or not a checkpoint"),
+        ("random.bin", "random.bin is corrupt or not a checkpoint"),
+        ("plain.pt", "plain.pt is a torch file but not a Lightning checkpoint"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            resolve_ckpt(str(tmp_path / name))
+    with pytest.raises(FileNotFoundError, match="ckpt_path does not exist"):
+        resolve_ckpt(str(tmp_path / "nope"))
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="no intact checkpoint .* none was written"):
+        resolve_ckpt(str(tmp_path / "run"))
+    with pytest.raises(FileNotFoundError, match="neither checkpoints/ .* nor meta.pt"):
+        resolve_ckpt(str(tmp_path / "good.ckpt").rsplit("/", 1)[0] + "/run/checkpoints")
+
+
+def test_a_run_directory_falls_back_to_its_newest_intact_checkpoint(tmp_path, caplog):
+    folder = tmp_path / "run" / "checkpoints"
+    fake_ckpt(folder / "epoch_00.ckpt", 2)
+    fake_ckpt(folder / "epoch_01.ckpt", 4)
+    (folder / "last.ckpt").symlink_to("epoch_01.ckpt")
+    assert resolve_ckpt(str(tmp_path / "run")) == str(folder / "last.ckpt")
+    # last.ckpt points to a checkpoint that was deleted: the newest intact one is taken, with a warning
+    (folder / "last.ckpt").unlink()
+    (folder / "last.ckpt").symlink_to("epoch_02.ckpt")
+    assert resolve_ckpt(str(tmp_path / "run")) == str(folder / "epoch_01.ckpt")
+    assert "no longer exists" in caplog.text and "epoch_01.ckpt" in caplog.text
+    # ... or to a truncated one
+    (folder / "epoch_02.ckpt").write_bytes(b"PK\x03\x04 half a checkpoint")
+    caplog.clear()
+    assert resolve_ckpt(str(tmp_path / "run")) == str(folder / "epoch_01.ckpt")
+    assert "epoch_02.ckpt is corrupt" in caplog.text
+    # a dead writer's temp file is cleaned up, a live one's is left alone
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (folder / f"epoch_03.ckpt.tmp-{dead.stdout.strip()}").write_bytes(b"partial")
+    (folder / f"epoch_04.ckpt.tmp-{os.getpid()}").write_bytes(b"partial")
+    resolve_ckpt(str(tmp_path / "run"))
+    assert sorted(p.name for p in folder.glob("*.tmp-*")) == [f"epoch_04.ckpt.tmp-{os.getpid()}"]
+
+
+def test_checkpoints_are_staged_beside_their_name_and_a_failed_write_leaves_the_old_one(
+    tmp_path, monkeypatch
+):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "ckpts" / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "epoch": 0}, path)
+    seen = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: seen.append(sorted(p.name for p in path.parent.iterdir())) or real_fsync(fd)
+    )
+    io.save_checkpoint({"global_step": 2, "epoch": 1}, path)
+    # written to a temp file in the checkpoint's own folder and flushed to disk before the rename (Lightning's
+    # own writer stages it in the system temp folder, which a kill leaves behind and may be another disk)
+    assert seen == [["last.ckpt", f"last.ckpt.tmp-{os.getpid()}"]]
+    assert torch.load(path, weights_only=False)["global_step"] == 2
+
+    def disk_full(obj, f):
+        f.write(b"PK\x03\x04 partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"global_step": 3, "epoch": 2}, path)
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+    assert torch.load(path, weights_only=False)["global_step"] == 2
+
+
+def test_a_checkpoint_of_another_model_is_refused_before_loading(tmp_path, tiny_model_dir):
+    from sppo_pl.utils.tiny_model import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other", hidden_size=32)
+    from transformers import AutoModelForCausalLM
+
+    state = {f"policy.{k}": v for k, v in AutoModelForCausalLM.from_pretrained(other).state_dict().items()}
+    ckpt = fake_ckpt(tmp_path / "other.ckpt", 2, state)
+    with pytest.raises(
+        ValueError, match=r"holds a different model than model.path=.*weights differ in shape"
+    ):
+        check_ckpt_model(ckpt, str(tiny_model_dir))
+    check_ckpt_model(ckpt, str(other))  # its own model passes
+
+
+def test_run_directories_are_unique_and_never_shared_by_live_runs(tmp_path):
+    dirs = {make_cfg(tmp_path).hydra.run.dir for _ in range(3)}  # in the same second
+    assert len(dirs) == 3
+    run = tmp_path / "run"
+    run.mkdir()
+    with hold_run_dir(run):
+        assert (run / LOCK).read_text() == f"{socket.gethostname()} {os.getpid()}"
+        with pytest.raises(RuntimeError, match="is held by a live run"), hold_run_dir(run):
+            pass
+    assert not (run / LOCK).exists()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (run / LOCK).write_text(f"{socket.gethostname()} {dead.stdout.strip()}")  # a killed run's lock
+    with hold_run_dir(run):
+        assert (run / LOCK).read_text().endswith(str(os.getpid()))
+
+
+def _log(logger: CSVLogger, step: int) -> None:
+    logger.log_metrics({"a": float(step)}, step=step)
+    logger.save()
+
+
+def test_csv_logger_continues_a_resumed_run_and_warns_only_when_it_replaces_one(tmp_path):
+    (tmp_path / "config_resolved.yaml").write_text("x: 1\n")  # what Hydra and train() write first
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Lightning warned "will be deleted" here on every fresh run
+        first = CSVLogger(tmp_path, name="", version="")
+        for step in range(3):
+            _log(first, step)
+    resumed = CSVLogger(tmp_path, name="", version="")
+    resumed.keep_rows = 2  # the checkpoint was written after two rows
+    _ = resumed.experiment
+    resumed.log_metrics({"a": 2.5, "b": 1.0}, step=2)
+    resumed.save()
+    with (tmp_path / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["a"], r["b"]) for r in rows] == [
+        ("0", "0.0", ""),
+        ("1", "1.0", ""),
+        ("2", "2.5", "1.0"),
+    ]
+    fresh = CSVLogger(tmp_path, name="", version="")
+    with pytest.warns(UserWarning, match="holds an earlier run's metrics and is replaced.*ckpt_path="):
+        _log(fresh, 0)
+
+
+def test_non_finite_weights_are_never_checkpointed_nor_exported(tmp_path, tiny_model_dir):
+    from types import SimpleNamespace
+
+    from callbacks.finite import FiniteCheck
+    from sppo_pl.export import export_hf
+    from sppo_pl.module import load_policy
+
+    policy = load_policy(str(tiny_model_dir))
+    with torch.no_grad():
+        policy.model.norm.weight[0] = float("nan")
+    trainer = SimpleNamespace(
+        current_epoch=1,
+        global_step=4,
+        strategy=SimpleNamespace(reduce_boolean_decision=lambda ok, all: ok),
+        checkpoint_callback=SimpleNamespace(last_model_path=str(tmp_path / "epoch_00.ckpt")),
+    )
+    # at the iteration's end, before ModelCheckpoint (Lightning runs it last) writes the NaN policy
+    with pytest.raises(
+        FloatingPointError, match="not finite at the end of self-play iteration 1 .*epoch_00.ckpt"
+    ):
+        FiniteCheck().on_train_epoch_end(trainer, policy)
+    state = {f"policy.{k}": v for k, v in policy.state_dict().items()}
+    ckpt = fake_ckpt(tmp_path / "nan.ckpt", 4, state)
+    torch.save(
+        {**torch.load(ckpt, weights_only=False), "hyper_parameters": {"model_path": str(tiny_model_dir)}},
+        ckpt,
+    )
+    with pytest.raises(ValueError, match="weights are not finite .*model.norm.weight.*nothing exported"):
+        export_hf(ckpt, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
