@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS, machine, write_results
+from sppo_pl.report import markdown_table
 from sppo_pl.training import val_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,13 +69,14 @@ def summarise(runs: list[dict]) -> dict[str, list[float]]:
 
 def table(runs: list[dict], means: dict[str, list[float]]) -> str:
     cols = [f"{r['loss']} seed {r['seed']}" for r in runs] + [f"{loss} mean" for loss in means]
-    lines = ["| iteration | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for it in range(len(runs[0]["val_acc"])):
-        vals = [r["val_acc"][it] for r in runs] + [m[it] for m in means.values()]
-        lines.append(
-            f"| {it}{' (start)' if it == 0 else ''} | " + " | ".join(f"{v:.4f}" for v in vals) + " |"
+    rows = (
+        (
+            f"{it}{' (start)' if it == 0 else ''}",
+            [r["val_acc"][it] for r in runs] + [m[it] for m in means.values()],
         )
-    return "\n".join(lines)
+        for it in range(len(runs[0]["val_acc"]))
+    )
+    return markdown_table("iteration", cols, rows)
 
 
 def plot(runs: list[dict], means: dict[str, list[float]], out: Path) -> None:

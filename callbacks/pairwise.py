@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from callbacks.reward import RewardCallback
-from sppo_pl.rewards.classifier import PAIR_MARKERS, Classifier, encode, pair_input_ids, special_tokens
+from callbacks.reward_model import ClassifierReward
+from sppo_pl.datamodule import samples_per_prompt
+from sppo_pl.rewards.classifier import PAIR_MARKERS, encode, pair_input_ids, special_tokens
 from sppo_pl.rewards.preference import (
     bradley_terry,
     joint_scores,
@@ -16,7 +17,7 @@ from sppo_pl.rewards.preference import (
 from sppo_pl.types import Rollout
 
 
-class PairwiseReward(RewardCallback):
+class PairwiseReward(ClassifierReward):
     """A model that reads ``(prompt, response_a, response_b)`` and returns the log-odds l(a, b) that a wins.
 
     For each prompt's K samples it judges every ordered pair (``both_orders``, K (K - 1) inputs; else the
@@ -45,19 +46,15 @@ class PairwiseReward(RewardCallback):
         device: str | None = None,
         include_self: bool = True,
     ):
-        super().__init__(include_self)
         if mode not in ("pairs", "joint"):
             raise ValueError(f"reward.mode must be 'pairs' or 'joint', got {mode!r}")
         if len(markers) != 3:
             raise ValueError(
                 f"reward.markers must be 3 strings (source, candidate 1, candidate 2), got {markers}"
             )
-        self.model = Classifier(model_path, dtype, device, batch_size)
+        super().__init__(model_path, dtype, device, batch_size, include_self)
         self.mode, self.both_orders, self.markers = mode, both_orders, list(markers)
         self.max_prompt_tokens, self.max_response_tokens = max_prompt_tokens, max_response_tokens
-
-    def place(self, device):
-        self.model.device = self.model.device or str(device)
 
     def pair_logits(self, prompts: list[str], a: list[str], b: list[str]) -> torch.Tensor:
         """l(a_n, b_n) for each n: [N] log-odds that a_n beats b_n, each text tokenized once."""
@@ -80,10 +77,7 @@ class PairwiseReward(RewardCallback):
         return self.model.logits(inputs)
 
     def judge(self, rollouts: list[Rollout]) -> list[tuple[list[float], torch.Tensor]]:
-        ks = {r.k for r in rollouts}
-        if len(ks) != 1:
-            raise ValueError(f"every prompt needs the same number of samples, got {sorted(ks)}")
-        k = ks.pop()
+        k = samples_per_prompt(rollouts)
         pairs = ordered_pairs(k, self.both_orders)
         logits = self.pair_logits(
             [r.prompt for r in rollouts for _ in pairs],

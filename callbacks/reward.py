@@ -40,7 +40,6 @@ class RewardCallback(L.Callback):
         self.val_reward, self.val_win = MeanMetric(), MeanMetric()
         self.start_responses: dict[str, str] = {}  # prompt -> the starting policy's greedy response
         self._val_start: dict[str, str] = {}
-        self.history: list[dict] = []
 
     def setup(self, trainer, pl_module, stage):
         self.place(pl_module.device)
@@ -134,7 +133,6 @@ class RewardCallback(L.Callback):
             # Already reduced over ranks by the metric, so the sync averages equal values. It also keeps
             # Lightning quiet when vLLM's in-process engine has initialised torch.distributed on one device.
             pl_module.log(name, v, prog_bar=name in ("val/acc", "val/win_rate"), sync_dist=True)
-        self.history.append({"iteration": iteration, **metrics})
 
     # ---- checkpoints: a resumed run compares against the same starting responses ----------------------
     def state_dict(self) -> dict:

@@ -26,7 +26,6 @@ sleep after it: weights first, then the sync, then the KV cache, so training nev
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +34,8 @@ import lightning as L
 import torch
 
 from callbacks.reward import RewardCallback
-from sppo_pl.distributed import all_gather_list, broadcast_from_zero, rank_and_world, shard_bounds
+from sppo_pl.distributed import all_gather_list, broadcast_from_zero, drain, rank_and_world, shard_bounds
+from sppo_pl.report import write_jsonl_atomic
 from sppo_pl.rollout.base import Generation, RolloutEngine, SamplingConfig, request_seeds
 from sppo_pl.types import Rollout
 
@@ -122,8 +122,7 @@ class RolloutCallback(L.Callback):
             start = time.perf_counter()
             stream = pl_module.named_weights()
             self.engine.sync_weights(stream)
-            for _ in stream:  # the gathers must line up on every rank, even if an engine stopped early
-                pass
+            drain(stream)  # the gathers must line up on every rank, even if an engine stopped early
             self._synced_step = trainer.global_step
             self._last_sync_s = time.perf_counter() - start
         return self._last_sync_s
@@ -195,24 +194,22 @@ class RolloutCallback(L.Callback):
         if self.save_dir is None:
             return
         self.save_dir.mkdir(parents=True, exist_ok=True)
-        path = self.save_dir / f"epoch_{epoch}.jsonl"
-        tmp = path.with_suffix(".jsonl.tmp")
-        with tmp.open("w") as f:
-            for r in rollouts:
-                row = {
-                    "epoch": epoch,
-                    "policy_step": step,
-                    "prompt": r.prompt,
-                    "answer": r.answer,
-                    "responses": r.responses,
-                    "scores": r.scores,
-                    "win_rate": r.win_rate,
-                    "ref_logps": r.ref_logps,
-                    "finish_reasons": r.extra.get("finish"),
-                    **({"fields": r.fields} if r.fields else {}),
-                }
-                f.write(json.dumps(row) + "\n")
-        tmp.replace(path)
+        rows = (
+            {
+                "epoch": epoch,
+                "policy_step": step,
+                "prompt": r.prompt,
+                "answer": r.answer,
+                "responses": r.responses,
+                "scores": r.scores,
+                "win_rate": r.win_rate,
+                "ref_logps": r.ref_logps,
+                "finish_reasons": r.extra.get("finish"),
+                **({"fields": r.fields} if r.fields else {}),
+            }
+            for r in rollouts
+        )
+        write_jsonl_atomic(self.save_dir / f"epoch_{epoch}.jsonl", rows)
 
 
 def oracle(trainer) -> RewardCallback:
@@ -224,7 +221,7 @@ def oracle(trainer) -> RewardCallback:
 
 
 def rollout_metrics(rollouts: list[Rollout], gen_s: float, sync_s: float, n_tokens: int) -> dict[str, float]:
-    """The ``rollout/*`` metrics of DESIGN.md from one iteration's scored rollouts."""
+    """The ``rollout/*`` metrics (README, "What a run writes") from one iteration's scored rollouts."""
     scores = torch.tensor([r.scores for r in rollouts], dtype=torch.float64)
     wins = torch.tensor([r.win_rate for r in rollouts], dtype=torch.float64)
     return {

@@ -165,9 +165,7 @@ class SPPODataModule(L.LightningDataModule):
     # ---- rollouts ------------------------------------------------------------------------------------
     def set_rollouts(self, rollouts: list[Rollout], epoch: int, step: int) -> None:
         """Scored rollouts sampled by the policy at ``step`` (global step), to train on in ``epoch``."""
-        ks = {r.k for r in rollouts}
-        if len(ks) != 1:
-            raise ValueError(f"every prompt needs the same number of samples, got {sorted(ks)}")
+        samples_per_prompt(rollouts)
         self.rollouts, self.rollout_epoch, self.rollout_step = rollouts, epoch, step
 
     def state_dict(self) -> dict:
@@ -278,6 +276,14 @@ def _permutation(seed: int, cycle: int, n: int) -> list[int]:
 
 def _as_columns(rows: list[dict]) -> dict[str, list]:
     return {k: [r[k] for r in rows] for k in rows[0]}
+
+
+def samples_per_prompt(rollouts: list[Rollout]) -> int:
+    """K, the number of samples each rollout has; a ValueError when the prompts' K differ (or none is given)."""
+    ks = {r.k for r in rollouts}
+    if len(ks) != 1:
+        raise ValueError(f"every prompt needs the same number of samples, got {sorted(ks)}")
+    return ks.pop()
 
 
 def collate_rollouts(rows: list[Rollout], pad_id: int) -> dict[str, torch.Tensor]:

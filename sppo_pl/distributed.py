@@ -8,7 +8,7 @@ is a collective) and hands it on, so no rank ever holds a full state dict.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -118,6 +118,13 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 
     t = t.detach()
     return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def drain(stream: Iterable) -> None:
+    """Consume what is left of a weight stream (e.g. :func:`full_named_weights`): each sharded tensor in it is
+    a collective, so every rank must take it to the end, even where its engine needs none or stopped early."""
+    for _ in stream:
+        pass
 
 
 def full_named_weights(

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import sppo_pl.config  # noqa: F401  (registers the resolvers the configs use)
 from sppo_pl.metrics import greedy_metrics, sample_metrics
+from sppo_pl.report import markdown_table, write_jsonl_atomic
 from sppo_pl.rollout.base import SamplingConfig, request_seeds
 
 log = logging.getLogger(__name__)
@@ -216,24 +217,19 @@ def engine_base(policy: Policy | None, start: str | None, compare: bool) -> str:
 
 def write_responses(path: Path, prompts: list[dict], names: list[str], gens: dict) -> None:
     """One line per prompt: the prompt, its answer and fields, and each model's responses (and scores)."""
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w") as f:
-        for i, p in enumerate(prompts):
-            row = {"prompt": p["prompt"], "answer": p["answer"], **{k: p[k] for k in names}}
-            for role, g in gens.items():
-                row[role] = {k: v[i] for k, v in g.items() if v is not None}
-            f.write(json.dumps(row) + "\n")
-    tmp.replace(path)
+    rows = (
+        {"prompt": p["prompt"], "answer": p["answer"], **{k: p[k] for k in names}}
+        | {role: {k: v[i] for k, v in g.items() if v is not None} for role, g in gens.items()}
+        for i, p in enumerate(prompts)
+    )
+    write_jsonl_atomic(path, rows)
 
 
 def format_eval_table(metrics: dict[str, dict], paths: dict[str, str | None]) -> str:
     """A markdown table: one row per model (start, policy), one column per metric."""
     keys = list(dict.fromkeys(k for m in metrics.values() for k in m))
-    lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for role, m in metrics.items():
-        vals = " | ".join(f"{m[k]:.4f}" if k in m else "" for k in keys)
-        lines.append(f"| {role} ({paths.get(role)}) | {vals} |")
-    return "\n".join(lines)
+    rows = ((f"{role} ({paths.get(role)})", [m.get(k) for k in keys]) for role, m in metrics.items())
+    return markdown_table("model", keys, rows)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")

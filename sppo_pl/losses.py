@@ -39,6 +39,19 @@ def _take(x: Tensor, idx: Tensor) -> Tensor:
     return x.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
 
 
+def best_worst_pairs(
+    policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, *others: Tensor
+) -> tuple[tuple[Tensor, Tensor], ...]:
+    """The pair losses' winner (w) and loser (l) of each prompt, picked by :func:`best_worst`.
+
+    policy_logps, ref_logps, win_rate and each of ``others``: [B, K]. Returns ((lw, ll), (pw, pl), ...):
+    [B] values at w and at l of the log-ratio log pi_theta - log pi_t, then of the win rate, then of each
+    of ``others`` in order (e.g. the scores).
+    """
+    w, l = best_worst(win_rate)
+    return tuple((_take(x, w), _take(x, l)) for x in (policy_logps - ref_logps, win_rate, *others))
+
+
 def _output(losses: Tensor, log_ratio: Tensor, target: Tensor, weight: Tensor | None = None) -> LossOutput:
     """Mean of `losses` (optionally only where `weight` is 1) plus detached statistics."""
     if weight is None:
@@ -83,10 +96,8 @@ class SPPOPairLoss(SPPOLoss):
     def forward(
         self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor
     ) -> LossOutput:
-        w, l = best_worst(win_rate)
-        log_ratio = policy_logps - ref_logps
-        lw, ll = _take(log_ratio, w), _take(log_ratio, l)
-        tw, tl = self.eta * (_take(win_rate, w) - 0.5), self.eta * (_take(win_rate, l) - 0.5)
+        (lw, ll), (pw, pl) = best_worst_pairs(policy_logps, ref_logps, win_rate)
+        tw, tl = self.eta * (pw - 0.5), self.eta * (pl - 0.5)
         losses = ((lw - tw) ** 2 + (ll - tl) ** 2) / 2
         return _output(losses, (lw + ll) / 2, (tw + tl) / 2)
 
@@ -107,10 +118,8 @@ class SPPOSingleLoss(SPPOLoss):
     def forward(
         self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor
     ) -> LossOutput:
-        w, l = best_worst(win_rate)
-        log_ratio = policy_logps - ref_logps
-        lw, ll = _take(log_ratio, w), _take(log_ratio, l)
-        diff = _take(scores, w) - _take(scores, l)
+        (lw, ll), _, (sw, sl) = best_worst_pairs(policy_logps, ref_logps, win_rate, scores)
+        diff = sw - sl
         p_wl = (diff > 0).to(diff) + 0.5 * (diff == 0).to(diff) if self.hard else torch.sigmoid(diff)
         t = self.eta * (p_wl - 0.5)
         losses = ((lw - t) ** 2 + (ll + t) ** 2) / 2
@@ -128,11 +137,9 @@ class SPPOHardLoss(SPPOLoss):
     def forward(
         self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor
     ) -> LossOutput:
-        w, l = best_worst(win_rate)
-        log_ratio = policy_logps - ref_logps
-        lw, ll = _take(log_ratio, w), _take(log_ratio, l)
+        (lw, ll), (pw, pl) = best_worst_pairs(policy_logps, ref_logps, win_rate)
         losses = (lw - self.eta / 2) ** 2 + (ll + self.eta / 2) ** 2
-        valid = (_take(win_rate, w) > _take(win_rate, l)).to(losses)
+        valid = (pw > pl).to(losses)
         return _output(losses, (lw + ll) / 2, torch.zeros_like(lw), weight=valid)
 
 
@@ -154,8 +161,8 @@ class SPPOSoftMeanLoss(SPPOLoss):
       step's whole rollout batch (one response per prompt); :meth:`begin_iteration` gets those scores;
     - ``batch``: over the responses of each training batch;
     - ``prompt``: over each prompt's K samples, closer to the paper.
-    verl regresses each token's log-ratio on the target (token-mean); here, as in the paper, the sequence
-    log-ratio is used.
+    verl and sppo-pl agree on the log-ratio: both regress the sequence log-prob, summed over the response
+    tokens (verl's ``compute_sppo_loss``: ``(log_prob * response_mask).sum(dim=1)``), as the paper does.
     """
 
     requires_pairs = False
@@ -208,9 +215,7 @@ class DPOLoss(nn.Module):
     def forward(
         self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor
     ) -> LossOutput:
-        w, l = best_worst(win_rate)
-        log_ratio = policy_logps - ref_logps
-        lw, ll = _take(log_ratio, w), _take(log_ratio, l)
+        (lw, ll), (pw, pl) = best_worst_pairs(policy_logps, ref_logps, win_rate)
         losses = -F.logsigmoid(self.beta * (lw - ll))
-        valid = (_take(win_rate, w) > _take(win_rate, l)).to(losses)
+        valid = (pw > pl).to(losses)
         return _output(losses, (lw + ll) / 2, torch.zeros_like(lw), weight=valid)

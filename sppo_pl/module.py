@@ -23,8 +23,7 @@ class SPPOModule(L.LightningModule):
     pi_t is the policy at the moment the rollouts were sampled. With ``reference="precompute"`` (default)
     its log-probs are taken once, with a no-grad pass of the policy right after sampling, and no second
     copy of the model is held. ``reference="model"`` keeps a frozen copy that is refreshed to the policy at
-    every rollout (:meth:`refresh_reference`), for users who want a separate module (or a fixed anchor
-    with ``refresh_reference_every=0``).
+    every rollout (:meth:`refresh_reference`), for users who want a separate module.
     """
 
     def __init__(

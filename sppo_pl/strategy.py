@@ -60,8 +60,8 @@ class DecoderBlockPolicy:
     """FSDP1 auto-wrap policy: wrap each decoder block, the block classes read from the first module that
     names them (Hugging Face's ``_no_split_modules``), so the config never spells a class."""
 
-    def __init__(self, names: list[str] | None = None):
-        self.names = set(names) if names else None
+    def __init__(self):
+        self.names: set[str] | None = None
 
     def __call__(self, module: torch.nn.Module, recurse: bool, nonwrapped_numel: int) -> bool:
         if self.names is None and getattr(module, "_no_split_modules", None):

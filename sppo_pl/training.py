@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sppo_pl.checkpoint import check_ckpt_model, last_checkpoint, resolve_ckpt
 from sppo_pl.config import check_config, check_model_dir
+from sppo_pl.report import markdown_table
 from sppo_pl.rundir import hold_run_dir
 
 log = logging.getLogger(__name__)
@@ -137,8 +138,6 @@ def val_table(metrics_csv: Path) -> list[dict]:
 
 def format_table(rows: list[dict]) -> str:
     keys = [k for k in ("val/acc", "val/reward_mean", "val/win_rate") if any(k in r for r in rows)]
-    lines = ["| iteration | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for r in rows:
-        vals = " | ".join(f"{r[k]:.4f}" if k in r else "" for k in keys)
-        lines.append(f"| {int(r['val/iteration'])} | {vals} |")
-    return "\n".join(lines)
+    return markdown_table(
+        "iteration", keys, ((int(r["val/iteration"]), [r.get(k) for k in keys]) for r in rows)
+    )

@@ -14,8 +14,8 @@ class LossOutput:
     loss:      scalar to back-propagate.
     losses:    per-term losses (detached), e.g. [B, K] for `sppo`, [B] for pair losses.
     log_ratio: mean of log pi_theta - log pi_t over the terms the loss used (detached scalar).
-    target:    mean regression target over those terms (detached scalar; for `dpo` the margin's sign-free
-               quantity eta-free target is 0).
+    target:    mean regression target over those terms (detached scalar; 0 for `dpo`, which has no
+               regression target).
     """
 
     loss: torch.Tensor

@@ -67,7 +67,7 @@ def test_sampling_config_names_the_full_key():
         ValueError, match=r"rollout\.sampling\.n \(samples per prompt\) must be a whole number"
     ):
         SamplingConfig(n=2.5)
-    assert SamplingConfig(n=1, temperature=0, top_p=1, max_tokens=1).greedy().temperature == 0.0
+    assert SamplingConfig(n=1, temperature=0, top_p=1, max_tokens=1).temperature == 0.0
 
 
 # ---- 2. devices and 3. batch size -------------------------------------------------------------------------

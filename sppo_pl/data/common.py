@@ -189,3 +189,20 @@ def map_splits(ds: DatasetDict, source: str, columns: list[str], row_fn) -> Data
             lambda row, i, where=where: row_fn(row, where, i), with_indices=True, desc=where
         )
     return type(ds)(out)
+
+
+def instruction_splits(
+    path: str, name: str | None, question: str, answer: str, instruction: str, extract
+) -> DatasetDict:
+    """The ``train`` and ``test`` splits of a hub math source (``path``: hub name or local copy) as verl's
+    preprocessing makes them: ``prompt`` is the ``question`` column, a space and ``instruction``; ``answer``
+    is ``extract(row[answer], where, index)``, the final answer of the reference."""
+    return map_splits(
+        load_source(path, name),
+        path,
+        [question, answer],
+        lambda row, where, i: {
+            "prompt": f"{row[question]} {instruction}",
+            "answer": extract(row[answer], where, i),
+        },
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from sppo_pl.data.common import load_source, map_splits
+from sppo_pl.data.common import instruction_splits
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -32,12 +32,4 @@ def gsm8k_splits(
     path: str = SOURCE, name: str | None = "main", instruction: str = INSTRUCTION
 ) -> DatasetDict:
     """``train`` / ``test`` with columns prompt, answer (``path``: hub name or local copy)."""
-    return map_splits(
-        load_source(path, name),
-        path,
-        ["question", "answer"],
-        lambda row, where, i: {
-            "prompt": f"{row['question']} {instruction}",
-            "answer": hash_answer(row["answer"], where, i),
-        },
-    )
+    return instruction_splits(path, name, "question", "answer", instruction, hash_answer)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sppo_pl.data.common import load_source, map_splits
+from sppo_pl.data.common import instruction_splits
 from sppo_pl.rewards.math import last_boxed
 
 if TYPE_CHECKING:
@@ -31,12 +31,4 @@ def boxed_answer(solution: str, where: str, row: int) -> str:
 
 def math_splits(path: str = SOURCE, instruction: str = INSTRUCTION, name: str | None = None) -> DatasetDict:
     """``train`` / ``test`` with columns prompt, answer, level, type (``path``: hub name or local copy)."""
-    return map_splits(
-        load_source(path, name),
-        path,
-        ["problem", "solution"],
-        lambda row, where, i: {
-            "prompt": f"{row['problem']} {instruction}",
-            "answer": boxed_answer(row["solution"], where, i),
-        },
-    )
+    return instruction_splits(path, name, "problem", "solution", instruction, boxed_answer)

@@ -4,8 +4,9 @@ and layout are the sources'. Each writer returns the folder to give as ``data.da
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from sppo_pl.report import write_jsonl_atomic
 
 MATH_ROWS = [
     ("What is $2 + 3$?", "Level 1", "Adding gives $2 + 3 = \\boxed{5}$.", "Prealgebra"),
@@ -91,5 +92,4 @@ def write_ultrafeedback(root: str | Path) -> Path:
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_jsonl_atomic(path, rows)

@@ -10,6 +10,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from sppo_pl.distributed import drain
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -22,9 +24,6 @@ class SamplingConfig:
 
     def __post_init__(self):
         check_sampling(self.n, self.temperature, self.top_p, self.max_tokens)
-
-    def greedy(self) -> SamplingConfig:
-        return SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_tokens=self.max_tokens)
 
 
 @dataclass
@@ -63,8 +62,7 @@ class PeerEngine:
         raise RuntimeError("this rank has no rollout engine (rollout.mode=rank0): rank 0 generates")
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        for _ in named_tensors:
-            pass
+        drain(named_tensors)  # the gathers are collective: every rank walks the stream
 
 
 def check_sampling(n, temperature, top_p, max_tokens, key: str = "rollout.sampling") -> None:

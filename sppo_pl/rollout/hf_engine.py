@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from sppo_pl.distributed import drain
 from sppo_pl.rollout.base import Generation, SamplingConfig
 
 
@@ -53,8 +54,7 @@ class HFEngine:
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Nothing to do: generation reads the policy's own parameters."""
-        for _ in named_tensors:
-            pass
+        drain(named_tensors)
 
     @torch.no_grad()
     def generate(

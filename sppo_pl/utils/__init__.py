@@ -1,1 +1,1 @@
-"""Utilities: model fetching, FSDP helpers and weight streaming to the rollout engine."""
+"""Utilities: fetching the default model (``fetch_model``) and building tiny random models (``tiny_model``)."""
