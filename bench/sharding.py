@@ -102,7 +102,13 @@ def _rank(rank: int, world: int, port: int, args, out: str) -> None:
     if not args.no_engine:
         from sppo_pl.rollout.vllm_engine import VLLMEngine
 
-        engine = VLLMEngine.from_module(module, max_model_len=256, use_tqdm=False, cpu_kv_cache_gb=1)
+        engine = VLLMEngine(
+            module.hparams.model_path,
+            dtype=module.hparams.dtype,
+            max_model_len=256,
+            use_tqdm=False,
+            cpu_kv_cache_gb=1,
+        )
         sync = lambda: engine.sync_weights(module.named_weights())  # noqa: E731
         # two warm-ups: a process's first syncs run slower (allocator)
         row["sync_s"] = timed_seconds(sync, args.repeats, warmup=2, before=dist.barrier)

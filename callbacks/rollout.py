@@ -1,12 +1,15 @@
-"""When rollouts happen: before each epoch's dataloader is built, from the policy as it stands then.
+"""One self-play iteration, top to bottom: at the start of epoch k this callback samples the prompts of
+iteration k from the policy as it stands, saves the generations, scores them with its oracle, takes the pi_t
+log-probs and hands the scored rollouts to the data module, which batches them for the epoch.
 
-Lightning builds the train dataloader *before* ``on_train_epoch_start``. Rollouts for epoch k + 1 are
-therefore made at the end of epoch k (``on_train_epoch_end``, before the epoch's checkpoint is written, so a
-checkpoint carries the rollouts its next epoch trains on), and the data module asks for them itself when it
-holds none for the epoch at hand (the first epoch, or a resume from a checkpoint without them). Either way
-epoch k trains on samples from the policy as it stood at the start of epoch k. Before each generation, and
-before validation, the policy's current weights are pushed into the running engine in place (once per
-optimizer step: a sync is skipped when the policy has not changed since the last one).
+Lightning builds the epoch's train dataloader before ``on_train_epoch_start``; the data module's dataset has
+a length known in advance (``data.prompts_per_epoch`` prompt groups) and is filled here, before its first
+batch is read. By then the previous iteration's checkpoint is on disk (ModelCheckpoint writes it at that
+iteration's end), so a failure while making rollouts (an oracle error, a missing answer) loses nothing that
+was trained. The generations are saved (``rollouts/epoch_K.generated.jsonl``) before they are scored: a
+resumed run that finds them, sampled by the same policy step, scores them again instead of sampling anew.
+Before each generation, and before validation, the policy's current weights are pushed into the running
+engine in place (once per optimizer step: a sync is skipped when the policy has not changed since the last).
 
 On several ranks (``rollout.mode``): with ``colocate`` (default, as TRL's colocate mode) every rank has an
 engine and samples its contiguous share of the prompts; with ``rank0`` only rank 0 has one and generates
@@ -26,8 +29,13 @@ sleep after it: weights first, then the sync, then the KV cache, so training nev
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Callable
+from dataclasses import asdict
+from dataclasses import fields as dataclass_fields
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -37,7 +45,10 @@ from callbacks.reward import RewardCallback
 from sppo_pl.distributed import all_gather_list, broadcast_from_zero, drain, rank_and_world, shard_bounds
 from sppo_pl.report import write_jsonl_atomic
 from sppo_pl.rollout.base import Generation, RolloutEngine, SamplingConfig, request_seeds
+from sppo_pl.rollout.hf_engine import HFEngine
 from sppo_pl.types import Rollout
+
+log = logging.getLogger(__name__)
 
 
 class RolloutCallback(L.Callback):
@@ -49,10 +60,12 @@ class RolloutCallback(L.Callback):
         save_dir: str | None = None,
         mode: str = "colocate",
         seed: int = 0,
+        oracle: RewardCallback | None = None,
     ):
         if mode not in ("colocate", "rank0"):
             raise ValueError(f"rollout.mode must be 'colocate' or 'rank0', got {mode!r}")
         self.mode, self.seed = mode, seed
+        self.oracle = oracle  # the run's reward callback, handed over by training.build
         self.engine_factory = engine
         self.sampling = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig(**sampling)
         self.val_sampling = SamplingConfig(
@@ -71,10 +84,12 @@ class RolloutCallback(L.Callback):
                 f"data.prompts_per_epoch={per_epoch} must be a multiple of the number of ranks ({world}): "
                 "every rank gets the same share"
             )
+        if self.oracle is None:
+            raise ValueError(
+                "the rollout callback needs its oracle: RolloutCallback(..., oracle=<reward callback>)"
+            )
         if self.engine is None:
-            generates = self.mode == "colocate" or trainer.global_rank == 0
-            self.engine = self.engine_factory(pl_module, generates=generates)
-        trainer.datamodule.rollout_provider = lambda epoch: self.rollout(trainer, pl_module, epoch)
+            self.engine = self.make_engine(trainer, pl_module)
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self.wake_and_sync(trainer, pl_module)
@@ -86,12 +101,32 @@ class RolloutCallback(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module):
         self.sleep()
 
-    def on_train_epoch_end(self, trainer, pl_module):
-        nxt = trainer.current_epoch + 1
-        if trainer.max_epochs is None or nxt < trainer.max_epochs:
-            self.rollout(trainer, pl_module, nxt)
+    def on_train_start(self, trainer, pl_module):
+        """A run resumed in the middle of an iteration (e.g. from SLURM's requeue checkpoint) skips
+        ``on_train_epoch_start``: its rollouts came back with the checkpoint, and the loss sees them here."""
+        if trainer.datamodule.rollout_epoch == trainer.current_epoch:
+            pl_module.begin_iteration(trainer.datamodule.rollouts)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        """Iteration k's rollouts, made before the epoch's first batch is read (see the module docstring)."""
+        dm, epoch = trainer.datamodule, trainer.current_epoch
+        if dm.rollout_epoch != epoch:
+            self.rollout(trainer, pl_module, epoch)
+        pl_module.begin_iteration(dm.rollouts)
 
     # ---- work ----------------------------------------------------------------------------------------
+    def make_engine(self, trainer, pl_module) -> RolloutEngine:
+        """The engine from ``rollout.engine`` (its class and settings, a partial), plus what only the run
+        knows: a rank that leaves generation to rank 0 holds its class's ``peer()``; Hugging Face
+        ``generate`` samples from the policy being trained."""
+        factory = self.engine_factory
+        cls = factory.func if isinstance(factory, partial) else factory
+        if not (self.mode == "colocate" or trainer.global_rank == 0):
+            return cls.peer()
+        if isinstance(cls, type) and issubclass(cls, HFEngine):
+            return factory(model=lambda: pl_module.policy)
+        return factory()
+
     def wake_and_sync(self, trainer, pl_module) -> float:
         """Make the engine ready to generate from the current policy: wake its weights (if it sleeps), push
         the policy in, then wake its KV cache. Returns the seconds of the sync (see :meth:`sync`)."""
@@ -151,12 +186,9 @@ class RolloutCallback(L.Callback):
         dm = trainer.datamodule
         every = dm.next_prompts(epoch)
         a, b = shard_bounds(len(every), *rank_and_world())
-        prompts, seeds = every[a:b], request_seeds(self.seed, epoch, len(every))[a:b]
-        sync_s = self.wake_and_sync(trainer, pl_module)
-        start = time.perf_counter()
-        gens = self.generate_own([p["prompt_ids"] for p in prompts], self.sampling, seeds)
-        gen_s = time.perf_counter() - start
-        self.sleep()
+        prompts = every[a:b]
+        gens, gen_s, sync_s = self.generations(trainer, pl_module, epoch, every)
+        gens = gens[a:b]
         rollouts = [
             Rollout(
                 p["prompt"],
@@ -170,7 +202,7 @@ class RolloutCallback(L.Callback):
             for p, g in zip(prompts, gens)
         ]
         start = time.perf_counter()
-        oracle(trainer).score_rollouts(rollouts)
+        self.oracle.score_rollouts(rollouts)
         score_s = time.perf_counter() - start
         start = time.perf_counter()
         pl_module.refresh_reference()
@@ -189,6 +221,36 @@ class RolloutCallback(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         return rollouts
+
+    def generations(
+        self, trainer, pl_module, epoch: int, prompts: list[dict]
+    ) -> tuple[list[Generation], float | None, float]:
+        """Every prompt's generations for iteration ``epoch`` (on every rank), with the seconds of generation
+        (None when reused) and of the sync: those saved by an earlier attempt at this iteration from the same
+        policy step, else sampled now (each rank its share) and saved before anything scores them."""
+        step = trainer.global_step
+        saved = load_generations(self.save_dir, epoch, step, [p["prompt"] for p in prompts])
+        if saved is not None:
+            log.info(
+                "rollout: iteration %d reuses the %d generations saved at step %d", epoch, len(saved), step
+            )
+            return saved, None, 0.0
+        a, b = shard_bounds(len(prompts), *rank_and_world())
+        seeds = request_seeds(self.seed, epoch, len(prompts))[a:b]
+        sync_s = self.wake_and_sync(trainer, pl_module)
+        start = time.perf_counter()
+        gens = self.generate_own([p["prompt_ids"] for p in prompts[a:b]], self.sampling, seeds)
+        gen_s = time.perf_counter() - start
+        self.sleep()
+        gens = all_gather_list(gens)
+        if trainer.is_global_zero and self.save_dir is not None:
+            rows = (
+                {"epoch": epoch, "policy_step": step, "prompt": p["prompt"], **asdict(g)}
+                for p, g in zip(prompts, gens)
+            )
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            write_jsonl_atomic(self.save_dir / f"epoch_{epoch}.generated.jsonl", rows)
+        return gens, gen_s, sync_s
 
     def _save(self, rollouts: list[Rollout], epoch: int, step: int) -> None:
         if self.save_dir is None:
@@ -212,23 +274,37 @@ class RolloutCallback(L.Callback):
         write_jsonl_atomic(self.save_dir / f"epoch_{epoch}.jsonl", rows)
 
 
-def oracle(trainer) -> RewardCallback:
-    """The run's reward callback (exactly one; a weighted mix of several is itself one callback)."""
-    found = [cb for cb in trainer.callbacks if isinstance(cb, RewardCallback)]
-    if len(found) != 1:
-        raise RuntimeError(f"expected exactly one reward callback (reward=...), found {len(found)}")
-    return found[0]
+def load_generations(
+    save_dir: Path | None, epoch: int, step: int, prompts: list[str]
+) -> list[Generation] | None:
+    """The generations saved for iteration ``epoch`` (``epoch_K.generated.jsonl``) if they were sampled by the
+    policy of global step ``step`` for exactly these prompts, else None. Every rank reads the same file."""
+    path = None if save_dir is None else save_dir / f"epoch_{epoch}.generated.jsonl"
+    if path is None or not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if [r["policy_step"] for r in rows] != [step] * len(prompts) or [r["prompt"] for r in rows] != prompts:
+        return None
+    fields = {f.name for f in dataclass_fields(Generation)}
+    return [Generation(**{k: v for k, v in r.items() if k in fields}) for r in rows]
 
 
-def rollout_metrics(rollouts: list[Rollout], gen_s: float, sync_s: float, n_tokens: int) -> dict[str, float]:
-    """The ``rollout/*`` metrics (README, "What a run writes") from one iteration's scored rollouts."""
+def rollout_metrics(
+    rollouts: list[Rollout], gen_s: float | None, sync_s: float, n_tokens: int
+) -> dict[str, float]:
+    """The ``rollout/*`` metrics (README, "What a run writes") from one iteration's scored rollouts; without
+    the generation's (``gen_s`` None) when it reused saved generations."""
     scores = torch.tensor([r.scores for r in rollouts], dtype=torch.float64)
     wins = torch.tensor([r.win_rate for r in rollouts], dtype=torch.float64)
-    return {
+    metrics = {
         "rollout/reward_mean": float(scores.mean()),
         "rollout/win_rate_std": float(wins.std(dim=-1, unbiased=False).mean()),
-        "rollout/tokens_per_s": n_tokens / max(gen_s, 1e-9),
-        "rollout/gen_s": gen_s,
-        "rollout/sync_s": sync_s,
         "rollout/response_len": n_tokens / max(1, scores.numel()),
     }
+    if gen_s is not None:
+        metrics |= {
+            "rollout/tokens_per_s": n_tokens / max(gen_s, 1e-9),
+            "rollout/gen_s": gen_s,
+            "rollout/sync_s": sync_s,
+        }
+    return metrics

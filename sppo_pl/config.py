@@ -225,6 +225,22 @@ def check_runtime(cfg: DictConfig) -> None:
         check_gpu_engine(str(engine.get("dtype")), cfg.rollout.get("mode"), cfg.trainer.get("devices"))
     if cfg.model.get("attn_implementation") == "flash_attention_2":
         check_flash_attention(on_gpu, str(cfg.trainer.get("precision")), str(cfg.model.dtype))
+    if "hf_engine" in str(engine.get("_target_", "")):
+        check_hf_engine(cfg)
+
+
+def check_hf_engine(cfg: DictConfig) -> None:
+    """``rollout=hf`` generates with the policy itself, on every rank: not with ``rollout.mode=rank0``, and not
+    under FSDP1 on several ranks (``generate`` would call the policy past the FSDP1 root's gathers)."""
+    if cfg.rollout.get("mode") == "rank0":
+        raise ValueError(
+            "rollout=hf generates with the (sharded) policy on every rank: use rollout.mode=colocate"
+        )
+    strategy = cfg.trainer.get("strategy") or {}
+    if strategy.get("name") == "fsdp1" and world_size(cfg.trainer)[0] > 1:
+        raise ValueError(
+            "rollout=hf cannot generate under trainer/strategy=fsdp1: use trainer/strategy=fsdp or rollout=vllm"
+        )
 
 
 def check_gpu_engine(dtype: str, mode: str | None, devices) -> None:

@@ -1,9 +1,10 @@
 """SPPODataModule: prompts in, each self-play iteration's scored rollouts out as training batches.
 
 The prompt source is any ``datasets.DatasetDict`` with ``train`` and ``test`` splits (a Hydra ``_target_``
-that returns one, e.g. :func:`sppo_pl.data.arithmetic.arithmetic_splits`). Each iteration the rollout
-callback takes :meth:`next_prompts`, samples and scores them, and hands the result to :meth:`set_rollouts`;
-with ``reload_dataloaders_every_n_epochs=1`` Lightning rebuilds :meth:`train_dataloader` from them.
+that returns one, e.g. :func:`sppo_pl.data.arithmetic.arithmetic_splits`). The data module reads and checks
+the prompts, picks each iteration's (:meth:`next_prompts`), and stores, shards and batches the rollouts the
+rollout callback hands it (:meth:`set_rollouts`) at the epoch's start; they are saved in checkpoints. With
+``reload_dataloaders_every_n_epochs=1`` Lightning rebuilds :meth:`train_dataloader` every epoch.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict
 from functools import lru_cache
 from typing import Any
@@ -65,8 +66,6 @@ class SPPODataModule(L.LightningDataModule):
         self.rollouts: list[Rollout] = []
         self.rollout_epoch = -1
         self.rollout_step = -1
-        # set by the rollout callback: makes (and hands back through set_rollouts) the rollouts of an epoch
-        self.rollout_provider: Callable[[int], object] | None = None
 
     # ---- prompts -------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -182,29 +181,30 @@ class SPPODataModule(L.LightningDataModule):
         self.rollout_step = state.get("rollout_step", -1)
 
     def train_dataloader(self) -> DataLoader:
+        """Batches of the epoch's rollouts. Lightning builds this loader before ``on_train_epoch_start``, where
+        the rollout callback makes them: its dataset has the iteration's length (``prompts_per_epoch`` prompt
+        groups) from the start and reads the rollouts only when a batch is drawn."""
         epoch = _epoch_to_train(self.trainer) if self.trainer is not None else max(self.rollout_epoch, 0)
-        if self.rollout_epoch != epoch and self.rollout_provider is not None:
-            self.rollout_provider(epoch)
-        if not self.rollouts:
-            raise RuntimeError(
-                "no rollouts yet: the rollout callback (callbacks.rollout) must run before training"
-            )
         pad = self.tokenizer.pad_token_id
-        meta = {"rollout_epoch": self.rollout_epoch, "rollout_step": self.rollout_step}
-        seed = self.seed + max(self.rollout_epoch, 0)
+        seed = self.seed + epoch
         world = self.trainer.world_size if self.trainer is not None else 1
+        dataset = EpochRollouts(self, epoch)
         # A fixed order per iteration, however often the loader is iterated (Lightning iterates it more
         # than once on a resume, which advanced a shuffling generator and changed the batches)
         sampler = (
-            DistributedSampler(self.rollouts, world, self.trainer.global_rank, seed=seed)
+            DistributedSampler(dataset, world, self.trainer.global_rank, seed=seed)
             if world > 1  # batch_size is per rank; each rank trains on its shard of the prompt groups
-            else torch.randperm(len(self.rollouts), generator=torch.Generator().manual_seed(seed)).tolist()
+            else torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
         )
         return DataLoader(
-            self.rollouts,
+            dataset,
             batch_size=self.batch_size,
             sampler=sampler,
-            collate_fn=lambda rows: {**collate_rollouts(rows, pad), **meta},
+            collate_fn=lambda rows: {
+                **collate_rollouts(rows, pad),
+                "rollout_epoch": self.rollout_epoch,
+                "rollout_step": self.rollout_step,
+            },
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -243,6 +243,26 @@ def _targets(node: Any) -> Iterator[str]:
 
 def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
+
+
+class EpochRollouts(torch.utils.data.Dataset):
+    """The rollouts of iteration ``epoch`` as the data module holds them when a batch is drawn; its length,
+    ``prompts_per_epoch``, is known before they are made."""
+
+    def __init__(self, dm: SPPODataModule, epoch: int):
+        self.dm, self.epoch = dm, epoch
+
+    def __len__(self) -> int:
+        return self.dm.prompts_per_epoch
+
+    def __getitem__(self, i: int) -> Rollout:
+        if self.dm.rollout_epoch != self.epoch or len(self.dm.rollouts) != len(self):
+            raise RuntimeError(
+                f"no rollouts for iteration {self.epoch} (the data module holds {len(self.dm.rollouts)} of "
+                f"iteration {self.dm.rollout_epoch}): the rollout callback (rollout=...) makes them at the "
+                "start of each epoch"
+            )
+        return self.dm.rollouts[i]
 
 
 def _epoch_to_train(trainer) -> int:

@@ -116,11 +116,11 @@ class SPPOModule(L.LightningModule):
                 shard_fsdp2(model, dp_mesh, precision, self.hparams.reshard_after_forward)
 
     # ---- Lightning -----------------------------------------------------------------------------------
-    def on_train_epoch_start(self) -> None:
-        """A loss with a per-iteration statistic (``begin_iteration``, e.g. verl's SoftMean over all rollouts)
-        sees the scores of every rollout this iteration trains on (every rank holds them all)."""
+    def begin_iteration(self, rollouts: list[Rollout]) -> None:
+        """Called by the rollout callback with every rollout this iteration trains on (every rank holds them
+        all): a loss with a per-iteration statistic (``begin_iteration``, e.g. verl's SoftMean) sees their
+        scores."""
         begin = getattr(self.loss_fn, "begin_iteration", None)
-        rollouts = getattr(self.trainer.datamodule, "rollouts", None)
         if begin is not None and rollouts:
             begin(torch.tensor([r.scores for r in rollouts], dtype=torch.float64))
 

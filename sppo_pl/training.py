@@ -48,7 +48,8 @@ def build(
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks += [instantiate(cfg.rollout), instantiate(cfg.reward)]
+    reward = instantiate(cfg.reward)
+    callbacks += [instantiate(cfg.rollout, oracle=reward), reward]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return module, datamodule, trainer

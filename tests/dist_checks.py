@@ -119,8 +119,11 @@ def check_sync(rank: int, model_dir: str, mode: str) -> dict:
     greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=12)
     module = SPPOModule(model_dir, loss=SPPOLoss(eta=10.0))
     shard_fsdp2(module.policy, init_device_mesh("cpu", (WORLD,)))
-    engine = VLLMEngine.from_module(
-        module, generates=mode == "colocate" or rank == 0, max_model_len=256, use_tqdm=False
+    generates = mode == "colocate" or rank == 0
+    engine = (
+        VLLMEngine(model_dir, dtype="float32", max_model_len=256, use_tqdm=False)
+        if generates
+        else VLLMEngine.peer()
     )
     gathered = load_policy(model_dir)  # a plain copy that receives the gathered weights, for HF greedy
     hf = HFEngine(gathered, tok)

@@ -30,3 +30,23 @@ class NaNAt(L.Callback):
         if trainer.global_step == self.step and not self.fired:
             batch["win_rate"][0, 0] = math.nan
             self.fired = True
+
+
+class FailScoringAt(L.Callback):
+    """Make the oracle raise while it scores the rollouts of self-play iteration ``epoch``."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_fit_start(self, trainer, pl_module):
+        from callbacks.rollout import RolloutCallback
+
+        (rollout,) = [c for c in trainer.callbacks if isinstance(c, RolloutCallback)]
+        score = rollout.oracle.score_rollouts
+
+        def failing(rollouts):
+            if trainer.current_epoch == self.epoch:
+                raise RuntimeError(f"oracle failed (injected) in iteration {self.epoch}")
+            return score(rollouts)
+
+        rollout.oracle.score_rollouts = failing

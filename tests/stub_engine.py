@@ -46,18 +46,15 @@ class RecordingEngine(VLLMEngine):
     """``VLLMEngine``'s own sleep/wake/sync bookkeeping over a recording stand-in for ``vllm.LLM``; answers
     every prompt with one fixed response."""
 
-    def __init__(self, tokenizer, record: str, level: int = 1):
+    def __init__(self, model_path: str, record: str, level: int = 1):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.record, self.sleep_level = record, level
         self.asleep, self.weights_dropped = set(), False
         self.llm = _RecordingLLM(self)
         self.response = tokenizer.encode("\\boxed{1}", add_special_tokens=False) + [tokenizer.eos_token_id]
         self.text = tokenizer.decode(self.response, skip_special_tokens=True)
-
-    @classmethod
-    def from_module(cls, module, generates: bool = True, record: str = "", level: int = 1) -> RecordingEngine:
-        from transformers import AutoTokenizer
-
-        return cls(AutoTokenizer.from_pretrained(module.hparams.model_path), record, level)
 
     def log(self, what: str, **extra) -> None:
         append(

@@ -176,3 +176,9 @@ REQUIRED = {"uclaml_ultrafeedback_mistral7b": ["reward.model_path=/models/pairwi
 @pytest.mark.parametrize("name", options("experiment"))
 def test_every_experiment_passes_the_checks(tmp_path, name):
     checked(tmp_path, [f"experiment={name}", *REQUIRED.get(name, [])])
+
+
+def test_hf_rollouts_that_cannot_run_are_refused_before_any_model_loads(tmp_path):
+    refused(tmp_path, ["rollout=hf", "rollout.mode=rank0"], ValueError, "use rollout.mode=colocate")
+    fsdp1 = ["rollout=hf", "trainer/strategy=fsdp1", "trainer.devices=2"]
+    refused(tmp_path, fsdp1, ValueError, "cannot generate under trainer/strategy=fsdp1")

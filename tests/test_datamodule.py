@@ -78,8 +78,12 @@ def test_bad_rows_name_split_row_and_field(tiny_tokenizer):
 
 def test_train_dataloader_needs_rollouts(tiny_tokenizer):
     dm = _dm(tiny_tokenizer, ["What is 1 + 1?"])
-    with pytest.raises(RuntimeError, match="no rollouts yet"):
-        dm.train_dataloader()
+    loader = dm.train_dataloader()  # built before the rollout callback fills it at the epoch's start
+    assert len(loader.dataset) == dm.prompts_per_epoch
+    with pytest.raises(
+        RuntimeError, match="no rollouts for iteration 0 .* makes them at the start of each epoch"
+    ):
+        next(iter(loader))
     with pytest.raises(ValueError, match="same number of samples"):
         dm.set_rollouts([Rollout("a", [1], ["", ""], [[2], [3]]), Rollout("b", [1], [""], [[2]])], 0, 0)
 

@@ -43,7 +43,7 @@ def test_engine_sleeps_through_training_and_is_synced_before_every_generation(tm
         tmp_path,
         "experiment=smoke",
         "trainer.precision=bf16-mixed",  # Lightning's steps run under torch.autocast: the engine must not
-        "rollout.engine._target_=tests.stub_engine.RecordingEngine.from_module",
+        "rollout.engine._target_=tests.stub_engine.RecordingEngine",
         "~rollout.engine.max_model_len",
         "~rollout.engine.seed",
         "~rollout.engine.dtype",

@@ -43,8 +43,8 @@ def max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def resume_in_place(tmp: Path, run: Path) -> None:
-    run_train(tmp, *SMOKE, f"ckpt_path={run}", f"hydra.run.dir={run}")
+def resume_in_place(tmp: Path, run: Path):
+    return run_train(tmp, *SMOKE, f"ckpt_path={run}", f"hydra.run.dir={run}")
 
 
 def assert_same_end_and_history(run: Path, reference: Path) -> None:
@@ -111,3 +111,18 @@ def test_sigterm_exits_143_with_a_resumable_checkpoint(tmp_path):
     assert f"ckpt_path={run} hydra.run.dir={run}" in said
     assert (run / "checkpoints" / "last.ckpt").resolve().name == "epoch_00.ckpt"
     assert not (run / "hf_model").exists() and not (run / ".lock").exists()
+
+
+def test_a_failed_rollout_keeps_the_finished_iteration_and_a_resume_redoes_only_that_rollout(
+    tmp_path, reference
+):
+    run = tmp_path / "run"
+    proc = run_train(tmp_path, *SMOKE, f"hydra.run.dir={run}", *fault("FailScoringAt", epoch=1), returncode=1)
+    assert "oracle failed (injected) in iteration 1" in proc.stderr
+    # iteration 0 was checkpointed before iteration 1's rollouts began, and its generations were saved
+    assert (run / "checkpoints" / "last.ckpt").resolve().name == "epoch_00.ckpt"
+    assert (run / "rollouts" / "epoch_1.generated.jsonl").exists()
+    assert not (run / "rollouts" / "epoch_1.jsonl").exists()
+    proc = resume_in_place(tmp_path, run)
+    assert "iteration 1 reuses the 8 generations saved at step 2" in proc.stdout + proc.stderr
+    assert_same_end_and_history(run, reference)

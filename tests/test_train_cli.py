@@ -117,8 +117,13 @@ def test_resume_trains_on_the_checkpointed_rollouts(tmp_path):
         f"+callbacks.alignment.record={record}",
     )
     resumed = only_run_dir(tmp_path, "resumed")
-    # epoch 1's rollouts came back with the checkpoint: none were sampled again
-    assert not (resumed / "rollouts").exists()
+    # epoch 1's rollouts are made again from the checkpoint's policy (iteration 0's checkpoint is written
+    # before they are made): exactly the rollouts the uninterrupted run made
+    assert sorted(p.name for p in (resumed / "rollouts").iterdir()) == [
+        "epoch_1.generated.jsonl",
+        "epoch_1.jsonl",
+    ]
+    assert (resumed / "rollouts/epoch_1.jsonl").read_text() == (first / "rollouts/epoch_1.jsonl").read_text()
     seen = json.loads(record.read_text())
     assert seen and {r["epoch"] for r in seen} == {1} and all(r["rollout_epoch"] == 1 for r in seen)
     # and it ends where the uninterrupted run ended

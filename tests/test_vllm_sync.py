@@ -44,7 +44,9 @@ def test_weight_sync_matches_hf_greedy_twice(tiny_model_dir, tiny_tokenizer):
     from sppo_pl.rollout.vllm_engine import VLLMEngine
 
     module = SPPOModule(str(tiny_model_dir), loss=SPPOLoss(eta=10.0))
-    engine = VLLMEngine.from_module(module, max_model_len=256, use_tqdm=False, **ENGINE)
+    engine = VLLMEngine(
+        module.hparams.model_path, dtype=module.hparams.dtype, max_model_len=256, use_tqdm=False, **ENGINE
+    )
     hf = HFEngine(module.policy, tiny_tokenizer)
     prompt_ids = [
         encode_prompt(tiny_tokenizer, f"What is {a} + {b}?") for a, b in [(12, 34), (56, 7), (81, 19)]
@@ -113,7 +115,9 @@ def test_untied_head_is_synced_greedy_and_sampled_logprobs_equal_the_policy(unti
 
     module = SPPOModule(str(untied_model_dir), loss=SPPOLoss(eta=10.0))
     assert not module.policy.config.tie_word_embeddings
-    engine = VLLMEngine.from_module(module, max_model_len=256, use_tqdm=False, **ENGINE)
+    engine = VLLMEngine(
+        module.hparams.model_path, dtype=module.hparams.dtype, max_model_len=256, use_tqdm=False, **ENGINE
+    )
     hf = HFEngine(module.policy, tiny_tokenizer)
     prompt_ids = [
         encode_prompt(tiny_tokenizer, f"What is {a} * {b}?") for a, b in [(12, 34), (56, 7), (9, 19)]
@@ -159,7 +163,14 @@ def test_after_sleep_wake_and_sync_the_engine_is_the_policy_at_every_level(tiny_
     from sppo_pl.rollout.vllm_engine import VLLMEngine
 
     module = SPPOModule(str(tiny_model_dir), loss=SPPOLoss(eta=10.0))
-    engine = VLLMEngine.from_module(module, max_model_len=256, use_tqdm=False, sleep_level=1, **ENGINE)
+    engine = VLLMEngine(
+        module.hparams.model_path,
+        dtype=module.hparams.dtype,
+        max_model_len=256,
+        use_tqdm=False,
+        sleep_level=1,
+        **ENGINE,
+    )
     hf = HFEngine(module.policy, tiny_tokenizer)
     prompt_ids = [
         encode_prompt(tiny_tokenizer, f"What is {a} + {b}?") for a, b in [(12, 34), (56, 7), (81, 19)]

@@ -22,26 +22,20 @@ class HFEngine:
     def __init__(
         self, model: Callable[[], torch.nn.Module] | torch.nn.Module, tokenizer, batch_size: int = 16
     ):
+        """``model``: the module to generate with, or a function that returns it (the rollout callback
+        passes the policy being trained); ``tokenizer``: a tokenizer or the directory to load it from."""
+        if isinstance(tokenizer, str):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         self._model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
 
     @classmethod
-    def from_module(cls, module, generates: bool = True, batch_size: int = 16) -> HFEngine:
-        """Generate with the policy of a :class:`sppo_pl.module.SPPOModule` (its tokenizer from disk)."""
-        from transformers import AutoTokenizer
-
-        if not generates:
-            raise ValueError(
-                "rollout=hf generates with the (sharded) policy on every rank: use rollout.mode=colocate"
-            )
-        strategy = type(module._trainer.strategy).__name__ if module._trainer is not None else ""
-        if strategy == "FSDPStrategy":  # generate() would call the policy past the FSDP1 root's gathers
-            raise ValueError(
-                "rollout=hf cannot generate under trainer/strategy=fsdp1: use fsdp or rollout=vllm"
-            )
-        return cls(
-            lambda: module.policy, AutoTokenizer.from_pretrained(module.hparams.model_path), batch_size
+    def peer(cls, **settings) -> HFEngine:
+        raise ValueError(
+            "rollout=hf generates with the (sharded) policy on every rank: use rollout.mode=colocate"
         )
 
     @property

@@ -84,18 +84,12 @@ class VLLMEngine:
             )
 
     @classmethod
-    def from_module(cls, module, generates: bool = True, **kwargs) -> VLLMEngine | PeerEngine:
-        """The engine for a :class:`sppo_pl.module.SPPOModule`: same weights file, same dtype unless given.
-
-        ``generates=False`` (a rank that leaves generation to rank 0) creates no engine, but takes part in
-        the process groups vLLM creates on the generating rank, as every rank must.
-        """
-        if not generates:
-            join_engine_process_groups()
-            return PeerEngine()
-        if kwargs.get("dtype") in (None, "auto"):
-            kwargs["dtype"] = module.hparams.dtype
-        return cls(module.hparams.model_path, **kwargs)
+    def peer(cls, **settings) -> PeerEngine:
+        """What a rank that leaves generation to rank 0 (``rollout.mode=rank0``) holds instead of an engine:
+        none, but it takes part in the process groups vLLM creates on the generating rank, as every rank
+        must (``settings``, the engine's, are not needed)."""
+        join_engine_process_groups()
+        return PeerEngine()
 
     def generate(
         self,
