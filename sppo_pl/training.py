@@ -112,9 +112,7 @@ def _report(cfg: DictConfig, out: Path, trainer: L.Trainer) -> None:
     table = val_table(out / "metrics.csv")
     if table:
         print(format_table(table))
-    last = Path(
-        getattr(trainer.checkpoint_callback, "last_model_path", "") or out / "checkpoints" / "last.ckpt"
-    )
+    last = Path(last_checkpoint(trainer) or out / "checkpoints" / "last.ckpt")
     if cfg.get("export_hf") and last.exists():
         from sppo_pl.export import export_hf
 
