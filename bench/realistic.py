@@ -158,7 +158,7 @@ def rollouts_from(prompts: list[list[int]], gens) -> list:
 
     k = len(gens[0].token_ids)
     return [
-        Rollout("", p, g.texts, g.token_ids, scores=[0.0] * k, win_rate=torch.linspace(0, 1, k).tolist())
+        Rollout("", p, g.texts, g.token_ids, scores=[0.0] * k, p_hat=torch.linspace(0, 1, k).tolist())
         for p, g in zip(prompts, gens)
     ]
 
@@ -172,7 +172,7 @@ def train_steps(module, opt, rollouts: list, pad_id: int, micro: int, device: st
         batch = {k: v.to(device) for k, v in collate_rollouts(rollouts[s : s + micro], pad_id).items()}
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device != "cpu"):
             logps = module.policy_logps(batch)
-            loss = module.loss_fn(logps, batch["ref_logps"], batch["win_rate"], batch["scores"]).loss
+            loss = module.loss_fn(logps, batch["ref_logps"], batch["p_hat"], batch["scores"]).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

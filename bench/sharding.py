@@ -54,7 +54,7 @@ def _batch(tok, n_prompts: int = 4, k: int = 4, response_len: int = 64):
             [""] * k,
             [torch.randint(3, len(tok), (response_len,), generator=g).tolist() for _ in range(k)],
             scores=[0.0] * k,
-            win_rate=torch.rand(k, generator=g).tolist(),
+            p_hat=torch.rand(k, generator=g).tolist(),
             ref_logps=[-100.0] * k,
         )
         for i in range(n_prompts)
@@ -81,7 +81,7 @@ def _rank(rank: int, world: int, port: int, args, out: str) -> None:
     opt = torch.optim.AdamW(params, lr=1e-5)
     batch = _batch(tok)
     logps = module.policy_logps(batch)
-    module.loss_fn(logps, batch["ref_logps"], batch["win_rate"], batch["scores"]).loss.backward()
+    module.loss_fn(logps, batch["ref_logps"], batch["p_hat"], batch["scores"]).loss.backward()
     opt.step()
     state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0]
     row = {

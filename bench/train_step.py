@@ -132,7 +132,7 @@ def sppo_step(
             [t["chosen"], t["rejected"]],
             [ids(t["chosen"]), ids(t["rejected"])],
             scores=[1.0, 0.0],
-            win_rate=[0.75, 0.25],
+            p_hat=[0.75, 0.25],
             ref_logps=[-50.0, -50.0],
         )
         for t in texts
@@ -145,7 +145,7 @@ def sppo_step(
     def step() -> None:
         with autocast:
             logps = module.policy_logps(batch)
-            loss = module.loss_fn(logps, batch["ref_logps"], batch["win_rate"], batch["scores"]).loss
+            loss = module.loss_fn(logps, batch["ref_logps"], batch["p_hat"], batch["scores"]).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -1,8 +1,8 @@
-"""One self-play iteration, top to bottom: at the start of epoch k this callback samples the prompts of
+"""One self-play iteration, top to bottom: at the start of iteration k this callback samples the prompts of
 iteration k from the policy as it stands, saves the generations, scores them with its oracle, takes the pi_t
-log-probs and hands the scored rollouts to the data module, which batches them for the epoch.
+log-probs and hands the scored rollouts to the data module, which batches them for the iteration.
 
-Lightning builds the epoch's train dataloader before ``on_train_epoch_start``; the data module's dataset has
+Lightning builds the iteration's train dataloader before ``on_train_epoch_start``; the data module's dataset has
 a length known in advance (``data.prompts_per_epoch`` prompt groups) and is filled here, before its first
 batch is read. By then the previous iteration's checkpoint is on disk (ModelCheckpoint writes it at that
 iteration's end), so a failure while making rollouts (an oracle error, a missing answer) loses nothing that
@@ -104,14 +104,14 @@ class RolloutCallback(L.Callback):
     def on_train_start(self, trainer, pl_module):
         """A run resumed in the middle of an iteration (e.g. from SLURM's requeue checkpoint) skips
         ``on_train_epoch_start``: its rollouts came back with the checkpoint, and the loss sees them here."""
-        if trainer.datamodule.rollout_epoch == trainer.current_epoch:
+        if trainer.datamodule.rollout_iteration == trainer.current_epoch:
             pl_module.begin_iteration(trainer.datamodule.rollouts)
 
     def on_train_epoch_start(self, trainer, pl_module):
-        """Iteration k's rollouts, made before the epoch's first batch is read (see the module docstring)."""
-        dm, epoch = trainer.datamodule, trainer.current_epoch
-        if dm.rollout_epoch != epoch:
-            self.rollout(trainer, pl_module, epoch)
+        """Iteration k's rollouts, made before the iteration's first batch is read (see the module docstring)."""
+        dm, iteration = trainer.datamodule, trainer.current_epoch
+        if dm.rollout_iteration != iteration:
+            self.rollout(trainer, pl_module, iteration)
         pl_module.begin_iteration(dm.rollouts)
 
     # ---- work ----------------------------------------------------------------------------------------
@@ -178,16 +178,16 @@ class RolloutCallback(L.Callback):
         start = sum(len(ids) for ids, _ in asked[:rank])
         return answer[start : start + len(prompt_ids)]
 
-    def rollout(self, trainer, pl_module, epoch: int) -> list[Rollout]:
-        """Sample, score, take pi_t log-probs, hand to the datamodule, save, log. For iteration ``epoch``.
+    def rollout(self, trainer, pl_module, iteration: int) -> list[Rollout]:
+        """Sample, score, take pi_t log-probs, hand to the datamodule, save, log. For iteration ``iteration``.
 
         Each rank works on its share of the prompts; the scored rollouts are gathered in prompt order.
         """
         dm = trainer.datamodule
-        every = dm.next_prompts(epoch)
+        every = dm.next_prompts(iteration)
         a, b = shard_bounds(len(every), *rank_and_world())
         prompts = every[a:b]
-        gens, gen_s, sync_s = self.generations(trainer, pl_module, epoch, every)
+        gens, gen_s, sync_s = self.generations(trainer, pl_module, iteration, every)
         gens = gens[a:b]
         rollouts = [
             Rollout(
@@ -209,34 +209,37 @@ class RolloutCallback(L.Callback):
         pl_module.compute_ref_logps(rollouts, dm.tokenizer.pad_token_id)
         logp_s = time.perf_counter() - start
         rollouts = all_gather_list(rollouts)
-        dm.set_rollouts(rollouts, epoch, trainer.global_step)
+        dm.set_rollouts(rollouts, iteration, trainer.global_step)
         if trainer.is_global_zero:
-            self._save(rollouts, epoch, trainer.global_step)
+            self._save(rollouts, iteration, trainer.global_step)
         n_tokens = sum(len(t) for r in rollouts for t in r.response_ids)
         metrics = rollout_metrics(rollouts, gen_s, sync_s, n_tokens) | {
             "rollout/score_s": score_s,
             "rollout/ref_logps_s": logp_s,
-            "rollout/iteration": float(epoch),
+            "rollout/iteration": float(iteration),
         }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         return rollouts
 
     def generations(
-        self, trainer, pl_module, epoch: int, prompts: list[dict]
+        self, trainer, pl_module, iteration: int, prompts: list[dict]
     ) -> tuple[list[Generation], float | None, float]:
-        """Every prompt's generations for iteration ``epoch`` (on every rank), with the seconds of generation
+        """Every prompt's generations for iteration ``iteration`` (on every rank), with the seconds of generation
         (None when reused) and of the sync: those saved by an earlier attempt at this iteration from the same
         policy step, else sampled now (each rank its share) and saved before anything scores them."""
         step = trainer.global_step
-        saved = load_generations(self.save_dir, epoch, step, [p["prompt"] for p in prompts])
+        saved = load_generations(self.save_dir, iteration, step, [p["prompt"] for p in prompts])
         if saved is not None:
             log.info(
-                "rollout: iteration %d reuses the %d generations saved at step %d", epoch, len(saved), step
+                "rollout: iteration %d reuses the %d generations saved at step %d",
+                iteration,
+                len(saved),
+                step,
             )
             return saved, None, 0.0
         a, b = shard_bounds(len(prompts), *rank_and_world())
-        seeds = request_seeds(self.seed, epoch, len(prompts))[a:b]
+        seeds = request_seeds(self.seed, iteration, len(prompts))[a:b]
         sync_s = self.wake_and_sync(trainer, pl_module)
         start = time.perf_counter()
         gens = self.generate_own([p["prompt_ids"] for p in prompts[a:b]], self.sampling, seeds)
@@ -245,41 +248,42 @@ class RolloutCallback(L.Callback):
         gens = all_gather_list(gens)
         if trainer.is_global_zero and self.save_dir is not None:
             rows = (
-                {"epoch": epoch, "policy_step": step, "prompt": p["prompt"], **asdict(g)}
+                {"epoch": iteration, "policy_step": step, "prompt": p["prompt"], **asdict(g)}
                 for p, g in zip(prompts, gens)
             )
             self.save_dir.mkdir(parents=True, exist_ok=True)
-            write_jsonl_atomic(self.save_dir / f"epoch_{epoch}.generated.jsonl", rows)
+            write_jsonl_atomic(self.save_dir / f"epoch_{iteration}.generated.jsonl", rows)
         return gens, gen_s, sync_s
 
-    def _save(self, rollouts: list[Rollout], epoch: int, step: int) -> None:
+    def _save(self, rollouts: list[Rollout], iteration: int, step: int) -> None:
         if self.save_dir is None:
             return
         self.save_dir.mkdir(parents=True, exist_ok=True)
         rows = (
             {
-                "epoch": epoch,
+                "epoch": iteration,
                 "policy_step": step,
                 "prompt": r.prompt,
                 "answer": r.answer,
                 "responses": r.responses,
                 "scores": r.scores,
-                "win_rate": r.win_rate,
+                "p_hat": r.p_hat,
+                "preferences": r.preferences,
                 "ref_logps": r.ref_logps,
                 "finish_reasons": r.extra.get("finish"),
                 **({"fields": r.fields} if r.fields else {}),
             }
             for r in rollouts
         )
-        write_jsonl_atomic(self.save_dir / f"epoch_{epoch}.jsonl", rows)
+        write_jsonl_atomic(self.save_dir / f"epoch_{iteration}.jsonl", rows)
 
 
 def load_generations(
-    save_dir: Path | None, epoch: int, step: int, prompts: list[str]
+    save_dir: Path | None, iteration: int, step: int, prompts: list[str]
 ) -> list[Generation] | None:
-    """The generations saved for iteration ``epoch`` (``epoch_K.generated.jsonl``) if they were sampled by the
+    """The generations saved for iteration ``iteration`` (``epoch_K.generated.jsonl``) if they were sampled by the
     policy of global step ``step`` for exactly these prompts, else None. Every rank reads the same file."""
-    path = None if save_dir is None else save_dir / f"epoch_{epoch}.generated.jsonl"
+    path = None if save_dir is None else save_dir / f"epoch_{iteration}.generated.jsonl"
     if path is None or not path.is_file():
         return None
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -295,7 +299,7 @@ def rollout_metrics(
     """The ``rollout/*`` metrics (README, "What a run writes") from one iteration's scored rollouts; without
     the generation's (``gen_s`` None) when it reused saved generations."""
     scores = torch.tensor([r.scores for r in rollouts], dtype=torch.float64)
-    wins = torch.tensor([r.win_rate for r in rollouts], dtype=torch.float64)
+    wins = torch.tensor([r.p_hat for r in rollouts], dtype=torch.float64)
     metrics = {
         "rollout/reward_mean": float(scores.mean()),
         "rollout/win_rate_std": float(wins.std(dim=-1, unbiased=False).mean()),

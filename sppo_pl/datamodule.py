@@ -3,8 +3,8 @@
 The prompt source is any ``datasets.DatasetDict`` with ``train`` and ``test`` splits (a Hydra ``_target_``
 that returns one, e.g. :func:`sppo_pl.data.arithmetic.arithmetic_splits`). The data module reads and checks
 the prompts, picks each iteration's (:meth:`next_prompts`), and stores, shards and batches the rollouts the
-rollout callback hands it (:meth:`set_rollouts`) at the epoch's start; they are saved in checkpoints. With
-``reload_dataloaders_every_n_epochs=1`` Lightning rebuilds :meth:`train_dataloader` every epoch.
+rollout callback hands it (:meth:`set_rollouts`) at the iteration's start; they are saved in checkpoints. With
+``reload_dataloaders_every_n_epochs=1`` Lightning rebuilds :meth:`train_dataloader` every iteration.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class SPPODataModule(L.LightningDataModule):
         self.val_prompts: list[dict] = []
         self.where: dict[str, list[tuple[str, int]]] = {}  # split -> each prompt's (file or split, row)
         self.rollouts: list[Rollout] = []
-        self.rollout_epoch = -1
+        self.rollout_iteration = -1
         self.rollout_step = -1
 
     # ---- prompts -------------------------------------------------------------------------------------
@@ -152,43 +152,45 @@ class SPPODataModule(L.LightningDataModule):
     def _fields(self, row: dict) -> dict:
         return {k: row[k] for k in self.fields}
 
-    def next_prompts(self, epoch: int) -> list[dict]:
-        """The prompts of self-play iteration ``epoch``: seeded passes over the train split, wrapping around."""
+    def next_prompts(self, iteration: int) -> list[dict]:
+        """The prompts of self-play iteration ``iteration``: seeded passes over the train split, wrapping around."""
         total = len(self.train_prompts)
         picked = []
-        for i in range(epoch * self.prompts_per_epoch, (epoch + 1) * self.prompts_per_epoch):
+        for i in range(iteration * self.prompts_per_epoch, (iteration + 1) * self.prompts_per_epoch):
             cycle, pos = divmod(i, total)
             picked.append(self.train_prompts[_permutation(self.seed, cycle, total)[pos]])
         return picked
 
     # ---- rollouts ------------------------------------------------------------------------------------
-    def set_rollouts(self, rollouts: list[Rollout], epoch: int, step: int) -> None:
-        """Scored rollouts sampled by the policy at ``step`` (global step), to train on in ``epoch``."""
+    def set_rollouts(self, rollouts: list[Rollout], iteration: int, step: int) -> None:
+        """Scored rollouts sampled by the policy at ``step`` (global step), to train on in ``iteration``."""
         samples_per_prompt(rollouts)
-        self.rollouts, self.rollout_epoch, self.rollout_step = rollouts, epoch, step
+        self.rollouts, self.rollout_iteration, self.rollout_step = rollouts, iteration, step
 
     def state_dict(self) -> dict:
         """Saved in Lightning checkpoints: a resumed run trains on the very rollouts it had, not new ones."""
         return {
             "rollouts": [asdict(r) for r in self.rollouts],
-            "rollout_epoch": self.rollout_epoch,
+            "rollout_iteration": self.rollout_iteration,
             "rollout_step": self.rollout_step,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.rollouts = [Rollout(**r) for r in state.get("rollouts", [])]
-        self.rollout_epoch = state.get("rollout_epoch", -1)
+        self.rollout_iteration = state.get("rollout_iteration", -1)
         self.rollout_step = state.get("rollout_step", -1)
 
     def train_dataloader(self) -> DataLoader:
-        """Batches of the epoch's rollouts. Lightning builds this loader before ``on_train_epoch_start``, where
+        """Batches of the iteration's rollouts. Lightning builds this loader before ``on_train_epoch_start``, where
         the rollout callback makes them: its dataset has the iteration's length (``prompts_per_epoch`` prompt
         groups) from the start and reads the rollouts only when a batch is drawn."""
-        epoch = _epoch_to_train(self.trainer) if self.trainer is not None else max(self.rollout_epoch, 0)
+        iteration = (
+            _iteration_to_train(self.trainer) if self.trainer is not None else max(self.rollout_iteration, 0)
+        )
         pad = self.tokenizer.pad_token_id
-        seed = self.seed + epoch
+        seed = self.seed + iteration
         world = self.trainer.world_size if self.trainer is not None else 1
-        dataset = EpochRollouts(self, epoch)
+        dataset = IterationRollouts(self, iteration)
         # A fixed order per iteration, however often the loader is iterated (Lightning iterates it more
         # than once on a resume, which advanced a shuffling generator and changed the batches)
         sampler = (
@@ -202,7 +204,7 @@ class SPPODataModule(L.LightningDataModule):
             sampler=sampler,
             collate_fn=lambda rows: {
                 **collate_rollouts(rows, pad),
-                "rollout_epoch": self.rollout_epoch,
+                "rollout_iteration": self.rollout_iteration,
                 "rollout_step": self.rollout_step,
             },
         )
@@ -245,29 +247,29 @@ def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-class EpochRollouts(torch.utils.data.Dataset):
-    """The rollouts of iteration ``epoch`` as the data module holds them when a batch is drawn; its length,
+class IterationRollouts(torch.utils.data.Dataset):
+    """The rollouts of iteration ``iteration`` as the data module holds them when a batch is drawn; its length,
     ``prompts_per_epoch``, is known before they are made."""
 
-    def __init__(self, dm: SPPODataModule, epoch: int):
-        self.dm, self.epoch = dm, epoch
+    def __init__(self, dm: SPPODataModule, iteration: int):
+        self.dm, self.iteration = dm, iteration
 
     def __len__(self) -> int:
         return self.dm.prompts_per_epoch
 
     def __getitem__(self, i: int) -> Rollout:
-        if self.dm.rollout_epoch != self.epoch or len(self.dm.rollouts) != len(self):
+        if self.dm.rollout_iteration != self.iteration or len(self.dm.rollouts) != len(self):
             raise RuntimeError(
-                f"no rollouts for iteration {self.epoch} (the data module holds {len(self.dm.rollouts)} of "
-                f"iteration {self.dm.rollout_epoch}): the rollout callback (rollout=...) makes them at the "
-                "start of each epoch"
+                f"no rollouts for iteration {self.iteration} (the data module holds {len(self.dm.rollouts)} of "
+                f"iteration {self.dm.rollout_iteration}): the rollout callback (rollout=...) makes them at the "
+                "start of each iteration"
             )
         return self.dm.rollouts[i]
 
 
-def _epoch_to_train(trainer) -> int:
-    """The epoch the next training pass belongs to. On a resume, Lightning first builds the dataloader
-    before its loop has counted the checkpoint's finished epoch as completed (it has as processed)."""
+def _iteration_to_train(trainer) -> int:
+    """The iteration the next training pass belongs to. On a resume, Lightning first builds the dataloader
+    before its loop has counted the checkpoint's finished iteration as completed (it has counted it as processed)."""
     return max(trainer.current_epoch, trainer.fit_loop.epoch_progress.current.processed)
 
 
@@ -310,7 +312,8 @@ def collate_rollouts(rows: list[Rollout], pad_id: int) -> dict[str, torch.Tensor
     """B prompt groups of K responses -> tensors laid out ``[left-padded prompt | right-padded response]``.
 
     input_ids, attention_mask: [B*K, P + R]; response_mask: [B*K, R];
-    ref_logps, win_rate, scores: [B, K] (row b*K + k of the flat tensors is sample k of prompt b).
+    ref_logps, p_hat, scores: [B, K] (row b*K + k of the flat tensors is sample k of prompt b);
+    preferences: [B, K, K], P(y_i > y_j | x_b), when every rollout has its oracle's matrix.
     """
     seqs = [(r.prompt_ids, resp) for r in rows for resp in r.response_ids]
     p = max(len(x) for x, _ in seqs)
@@ -325,11 +328,14 @@ def collate_rollouts(rows: list[Rollout], pad_id: int) -> dict[str, torch.Tensor
     def grid(field: str) -> torch.Tensor:
         return torch.tensor([getattr(r, field) or [0.0] * r.k for r in rows], dtype=torch.float32)
 
-    return {
+    batch = {
         "input_ids": torch.tensor(ids),
         "attention_mask": torch.tensor(attn),
         "response_mask": torch.tensor(resp_mask),
         "ref_logps": grid("ref_logps"),
-        "win_rate": grid("win_rate"),
+        "p_hat": grid("p_hat"),
         "scores": grid("scores"),
     }
+    if all(r.preferences for r in rows):
+        batch["preferences"] = torch.tensor([r.preferences for r in rows], dtype=torch.float32)
+    return batch

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 import sppo_pl.config  # noqa: F401  (registers the resolvers the configs use)
 from sppo_pl.metrics import greedy_metrics, sample_metrics
 from sppo_pl.report import markdown_table, write_jsonl_atomic
+from sppo_pl.rewards.oracle import oracle_from_config
 from sppo_pl.rollout.base import SamplingConfig, request_seeds
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def evaluate(cfg: DictConfig) -> dict:
     start = cfg.get("start_model") or (policy.start_model if policy else None)
     prepare(cfg, model=policy is None and start is None)  # model.prepare only when model.path is evaluated
     start = start or (None if policy else str(cfg.model.path))
-    oracle = instantiate(cfg.reward)
+    oracle = oracle_from_config(cfg.reward)  # the oracle alone: no Lightning callback
     oracle.place("cuda" if torch.cuda.is_available() else "cpu")
     compare = bool(policy and start and ev.compare_to_start)
     base = engine_base(policy, start, compare)
@@ -165,7 +166,7 @@ def evaluate(cfg: DictConfig) -> dict:
     paths = {"start": start if "start" in gens else None, "policy": policy and str(policy.path)}
     results = {
         **paths,
-        "reward": cfg.reward._target_,
+        "reward": f"{type(oracle).__module__}.{type(oracle).__qualname__}",
         "n_prompts": len(prompts),
         "samples": ev.samples,
         "metrics": metrics,

@@ -1,14 +1,16 @@
 """SPPO loss variants: small pure modules, one per published formula.
 
-Every loss is called as ``loss_fn(policy_logps, ref_logps, win_rate, scores)`` with
+Every loss is called as ``loss_fn(policy_logps, ref_logps, p_hat, scores)`` with
 
     policy_logps: [B, K]  log pi_theta(y_k | x_b), summed over response tokens (requires grad)
     ref_logps:    [B, K]  log pi_t(y_k | x_b), the iterate that sampled the rollouts (no grad)
-    win_rate:     [B, K]  P_hat(y_k > pi_t | x_b) = mean_j P(y_k > y_j | x_b)   (paper eq. 4.7)
+    p_hat:     [B, K]  P_hat(y_k > pi_t | x_b) = mean_j P(y_k > y_j | x_b)   (paper eq. 4.7)
     scores:       [B, K]  the oracle's raw scores (0/1 correctness, reward-model score, ...)
 
-and returns a :class:`sppo_pl.types.LossOutput`. Pair losses (``requires_pairs = True``) use the best (w)
-and worst (l) of the K samples, ranked by win rate (ties: first index), as the original code does.
+and returns a :class:`sppo_pl.types.LossOutput`. A loss that sets ``needs_preferences = True`` is also
+given ``preferences=`` [B, K, K], the oracle's P(y_i > y_j | x_b). Pair losses (``requires_pairs = True``)
+use the best (w) and worst (l) of the K samples, ranked by P_hat (ties: first index), as the original
+code does.
 Selecting one of them is ``loss=<name>`` in Hydra; each config names its class with ``_target_``.
 """
 
@@ -29,9 +31,9 @@ def _check_eta(eta: float) -> float:
     return float(eta)
 
 
-def best_worst(win_rate: Tensor) -> tuple[Tensor, Tensor]:
-    """Indices [B] of the best and worst of K samples by win rate (ties resolve to the first index)."""
-    return win_rate.argmax(dim=-1), win_rate.argmin(dim=-1)
+def best_worst(p_hat: Tensor) -> tuple[Tensor, Tensor]:
+    """Indices [B] of the best and worst of K samples by P_hat (ties resolve to the first index)."""
+    return p_hat.argmax(dim=-1), p_hat.argmin(dim=-1)
 
 
 def _take(x: Tensor, idx: Tensor) -> Tensor:
@@ -40,16 +42,16 @@ def _take(x: Tensor, idx: Tensor) -> Tensor:
 
 
 def best_worst_pairs(
-    policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, *others: Tensor
+    policy_logps: Tensor, ref_logps: Tensor, p_hat: Tensor, *others: Tensor
 ) -> tuple[tuple[Tensor, Tensor], ...]:
     """The pair losses' winner (w) and loser (l) of each prompt, picked by :func:`best_worst`.
 
-    policy_logps, ref_logps, win_rate and each of ``others``: [B, K]. Returns ((lw, ll), (pw, pl), ...):
-    [B] values at w and at l of the log-ratio log pi_theta - log pi_t, then of the win rate, then of each
+    policy_logps, ref_logps, p_hat and each of ``others``: [B, K]. Returns ((lw, ll), (pw, pl), ...):
+    [B] values at w and at l of the log-ratio log pi_theta - log pi_t, then of P_hat, then of each
     of ``others`` in order (e.g. the scores).
     """
-    w, l = best_worst(win_rate)
-    return tuple((_take(x, w), _take(x, l)) for x in (policy_logps - ref_logps, win_rate, *others))
+    w, l = best_worst(p_hat)
+    return tuple((_take(x, w), _take(x, l)) for x in (policy_logps - ref_logps, p_hat, *others))
 
 
 def _output(losses: Tensor, log_ratio: Tensor, target: Tensor, weight: Tensor | None = None) -> LossOutput:
@@ -78,11 +80,9 @@ class SPPOLoss(nn.Module):
         super().__init__()
         self.eta = _check_eta(eta)
 
-    def forward(
-        self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor
-    ) -> LossOutput:
+    def forward(self, policy_logps: Tensor, ref_logps: Tensor, p_hat: Tensor, scores: Tensor) -> LossOutput:
         log_ratio = policy_logps - ref_logps
-        target = self.eta * (win_rate - 0.5)
+        target = self.eta * (p_hat - 0.5)
         return _output((log_ratio - target) ** 2, log_ratio, target)
 
 
@@ -90,13 +90,11 @@ class SPPOPairLoss(SPPOLoss):
     """SPPO as uclaml/SPPO trains it (loss_type "sppo"): best (w) and worst (l) sample only.
 
     loss_b = [(lw - eta (P_hat_w - 1/2))^2 + (ll - eta (P_hat_l - 1/2))^2] / 2,
-    lw, ll = log pi_theta - log pi_t of the winner / loser; P_hat_w, P_hat_l their win rates vs pi_t.
+    lw, ll = log pi_theta - log pi_t of the winner / loser; P_hat_w, P_hat_l their P_hat against pi_t.
     """
 
-    def forward(
-        self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor
-    ) -> LossOutput:
-        (lw, ll), (pw, pl) = best_worst_pairs(policy_logps, ref_logps, win_rate)
+    def forward(self, policy_logps: Tensor, ref_logps: Tensor, p_hat: Tensor, scores: Tensor) -> LossOutput:
+        (lw, ll), (pw, pl) = best_worst_pairs(policy_logps, ref_logps, p_hat)
         tw, tl = self.eta * (pw - 0.5), self.eta * (pl - 0.5)
         losses = ((lw - tw) ** 2 + (ll - tl) ** 2) / 2
         return _output(losses, (lw + ll) / 2, (tw + tl) / 2)
@@ -107,20 +105,29 @@ class SPPOSingleLoss(SPPOLoss):
 
     loss_b = [(lw - eta (P_wl - 1/2))^2 + (ll + eta (P_wl - 1/2))^2] / 2
 
-    P_wl comes from the oracle's scores by Bradley-Terry, sigmoid(s_w - s_l) (`hard=False`), or as a hard
-    preference 1{s_w > s_l} + 1/2 1{s_w = s_l} (`hard=True`, for 0/1 verifiers).
+    P_wl is the oracle's own preference of the winner over the loser, ``preferences[b, w, l]``, as uclaml
+    reads it from PairRM's probability matrix: Bradley-Terry at the oracle's scale for a reward model, the
+    pairwise model's judgement, 1 / 0 / 1/2 for a 0/1 verifier.
     """
 
-    def __init__(self, eta: float = 1e3, hard: bool = False):
-        super().__init__(eta)
-        self.hard = hard
+    needs_preferences = True
 
     def forward(
-        self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor
+        self,
+        policy_logps: Tensor,
+        ref_logps: Tensor,
+        p_hat: Tensor,
+        scores: Tensor,
+        preferences: Tensor | None = None,
     ) -> LossOutput:
-        (lw, ll), _, (sw, sl) = best_worst_pairs(policy_logps, ref_logps, win_rate, scores)
-        diff = sw - sl
-        p_wl = (diff > 0).to(diff) + 0.5 * (diff == 0).to(diff) if self.hard else torch.sigmoid(diff)
+        """preferences: [B, K, K] P(y_i > y_j | x_b)."""
+        if preferences is None:
+            raise ValueError(
+                "loss=sppo_single needs the oracle's preference matrix P(y_i > y_j | x); these rollouts have none"
+            )
+        (lw, ll), _ = best_worst_pairs(policy_logps, ref_logps, p_hat)
+        w, l = best_worst(p_hat)
+        p_wl = preferences.to(policy_logps.dtype)[torch.arange(w.numel()), w, l]
         t = self.eta * (p_wl - 0.5)
         losses = ((lw - t) ** 2 + (ll + t) ** 2) / 2
         return _output(losses, (lw + ll) / 2, torch.zeros_like(t))
@@ -134,10 +141,8 @@ class SPPOHardLoss(SPPOLoss):
     Prompts whose K samples all tie carry no preference and are left out of the mean.
     """
 
-    def forward(
-        self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor
-    ) -> LossOutput:
-        (lw, ll), (pw, pl) = best_worst_pairs(policy_logps, ref_logps, win_rate)
+    def forward(self, policy_logps: Tensor, ref_logps: Tensor, p_hat: Tensor, scores: Tensor) -> LossOutput:
+        (lw, ll), (pw, pl) = best_worst_pairs(policy_logps, ref_logps, p_hat)
         losses = (lw - self.eta / 2) ** 2 + (ll + self.eta / 2) ** 2
         valid = (pw > pl).to(losses)
         return _output(losses, (lw + ll) / 2, torch.zeros_like(lw), weight=valid)
@@ -180,9 +185,7 @@ class SPPOSoftMeanLoss(SPPOLoss):
         if self.group == "iteration":
             self.centre = float(softmean(scores.reshape(-1).double(), self.eta))
 
-    def forward(
-        self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor
-    ) -> LossOutput:
+    def forward(self, policy_logps: Tensor, ref_logps: Tensor, p_hat: Tensor, scores: Tensor) -> LossOutput:
         r = scores.to(policy_logps.dtype)
         if self.group == "prompt":
             centre = softmean(r, self.eta, dim=-1, keepdim=True)
@@ -212,10 +215,8 @@ class DPOLoss(nn.Module):
             raise ValueError(f"loss.beta must be a positive finite number, got {beta!r}")
         self.beta = float(beta)
 
-    def forward(
-        self, policy_logps: Tensor, ref_logps: Tensor, win_rate: Tensor, scores: Tensor
-    ) -> LossOutput:
-        (lw, ll), (pw, pl) = best_worst_pairs(policy_logps, ref_logps, win_rate)
+    def forward(self, policy_logps: Tensor, ref_logps: Tensor, p_hat: Tensor, scores: Tensor) -> LossOutput:
+        (lw, ll), (pw, pl) = best_worst_pairs(policy_logps, ref_logps, p_hat)
         losses = -F.logsigmoid(self.beta * (lw - ll))
         valid = (pw > pl).to(losses)
         return _output(losses, (lw + ll) / 2, torch.zeros_like(lw), weight=valid)

@@ -57,7 +57,7 @@ class SPPOModule(L.LightningModule):
         logps = sequence_logps(
             model or self.policy, batch["input_ids"], batch["attention_mask"], batch["response_mask"]
         )
-        return logps.view(batch["win_rate"].shape)
+        return logps.view(batch["p_hat"].shape)
 
     @torch.no_grad()
     def compute_ref_logps(self, rollouts: list[Rollout], pad_id: int) -> None:
@@ -126,8 +126,13 @@ class SPPOModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logps = self.policy_logps(batch)
-        out = self.loss_fn(logps, batch["ref_logps"], batch["win_rate"], batch["scores"])
-        n = batch["win_rate"].shape[0]
+        extra = (
+            {"preferences": batch.get("preferences")}
+            if getattr(self.loss_fn, "needs_preferences", False)
+            else {}
+        )
+        out = self.loss_fn(logps, batch["ref_logps"], batch["p_hat"], batch["scores"], **extra)
+        n = batch["p_hat"].shape[0]
         self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=n)
         self.log("train/log_ratio", out.log_ratio, batch_size=n)
         self.log("train/target", out.target, batch_size=n)

@@ -41,6 +41,7 @@ def build(
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
     datamodule.setup("fit")  # reads and checks every prompt now, before the model loads
     datamodule.check_answers(cfg.reward)  # a verifier reward needs every prompt's answer
+    reward = instantiate(cfg.reward)  # oracle models load on first use
     module = instantiate(
         cfg.module,
         loss=loss,
@@ -48,7 +49,6 @@ def build(
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    reward = instantiate(cfg.reward)
     callbacks += [instantiate(cfg.rollout, oracle=reward), reward]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

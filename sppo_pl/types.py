@@ -28,8 +28,9 @@ class LossOutput:
 class Rollout:
     """One prompt's K sampled responses, scored.
 
-    prompt_ids / response_ids are token ids (no padding); `scores` come from the oracle, `win_rate` is
-    P_hat(y_k > pi_t | x) and `ref_logps` is log pi_t(y_k | x) (sum over response tokens). `fields` are the
+    prompt_ids / response_ids are token ids (no padding); `scores` [K] and `preferences` [K][K], P(y_i > y_j | x),
+    come from the oracle, `p_hat` is P_hat(y_k > pi_t | x) and `ref_logps` is log pi_t(y_k | x) (sum over
+    response tokens). `fields` are the
     dataset columns named in ``data.fields``, handed to the oracle with the answer.
     """
 
@@ -39,8 +40,9 @@ class Rollout:
     response_ids: list[list[int]]
     answer: str | None = None
     scores: list[float] = field(default_factory=list)
-    win_rate: list[float] = field(default_factory=list)
+    p_hat: list[float] = field(default_factory=list)
     ref_logps: list[float] = field(default_factory=list)
+    preferences: list[list[float]] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     fields: dict = field(default_factory=dict)
 

@@ -24,14 +24,14 @@ class RolloutAlignmentCheck(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         row = {
             "epoch": trainer.current_epoch,
-            "rollout_epoch": batch["rollout_epoch"],
+            "rollout_iteration": batch["rollout_iteration"],
             "rollout_step": batch["rollout_step"],
             "epoch_start_step": self.epoch_start_step,
             "step": trainer.global_step,
             "batch_fingerprint": int(batch["input_ids"].sum()),
         }
         self.seen.append(row)
-        if row["rollout_epoch"] != row["epoch"] or row["rollout_step"] != row["epoch_start_step"]:
+        if row["rollout_iteration"] != row["epoch"] or row["rollout_step"] != row["epoch_start_step"]:
             raise AssertionError(f"epoch {row['epoch']} trained on stale rollouts: {row}")
 
     def on_fit_end(self, trainer, pl_module):

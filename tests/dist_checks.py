@@ -37,7 +37,7 @@ def _rollouts(tokenizer, n_prompts: int = 4, k: int = 2):
                 [""] * k,
                 responses,
                 scores=[0.0] * k,
-                win_rate=wins,
+                p_hat=wins,
             )
         )
     return out
@@ -48,7 +48,7 @@ def _loss(module, rollouts, pad_id):
 
     batch = collate_rollouts(rollouts, pad_id)
     return module.loss_fn(
-        module.policy_logps(batch), batch["ref_logps"], batch["win_rate"], batch["scores"]
+        module.policy_logps(batch), batch["ref_logps"], batch["p_hat"], batch["scores"]
     ).loss
 
 

@@ -28,7 +28,7 @@ class NaNAt(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.step and not self.fired:
-            batch["win_rate"][0, 0] = math.nan
+            batch["p_hat"][0, 0] = math.nan
             self.fired = True
 
 

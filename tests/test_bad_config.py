@@ -128,8 +128,10 @@ def test_a_model_path_outside_models_dir_that_holds_a_model_is_used(tmp_path, ti
 
 def test_a_recipe_oracle_outside_models_dir_is_refused_before_anything_is_built(tmp_path):
     nope = tmp_path / "nope" / "pairwise"
-    overrides = ["experiment=uclaml_ultrafeedback_tiny", f"reward.model_path={nope}"]
-    refused(tmp_path, overrides, ValueError, rf"reward\.model_path={nope} lies outside paths\.models_dir")
+    overrides = ["experiment=uclaml_ultrafeedback_tiny", f"reward.oracle.model_path={nope}"]
+    refused(
+        tmp_path, overrides, ValueError, rf"reward\.oracle\.model_path={nope} lies outside paths\.models_dir"
+    )
     assert not nope.parent.exists()
 
 
@@ -170,7 +172,7 @@ def test_a_required_key_left_unset_is_refused_before_any_model_loads(tmp_path):
 
 
 # options with a mandatory field (???): what a user must give
-REQUIRED = {"uclaml_ultrafeedback_mistral7b": ["reward.model_path=/models/pairwise"]}
+REQUIRED = {"uclaml_ultrafeedback_mistral7b": ["reward.oracle.model_path=/models/pairwise"]}
 
 
 @pytest.mark.parametrize("name", options("experiment"))

@@ -52,6 +52,12 @@ def test_an_empty_file_is_named_as_empty(tmp_path, name, text, match):
         local_splits(str(tmp_path / name), test_size=1)
 
 
+MATH = {
+    "_target_": "callbacks.reward.RewardCallback",
+    "oracle": {"_target_": "sppo_pl.rewards.math.MathVerifier"},
+}
+
+
 def _long_prompt_file(tmp_path, row: int):
     rows = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(10)]
     rows[row]["prompt"] = "long " * 200 + "?"
@@ -105,9 +111,9 @@ def test_a_prompt_without_an_answer_names_the_file_and_row(tmp_path, tiny_tokeni
     path = _no_answer_csv(tmp_path)
     dm = SPPODataModule(local_splits(str(path), test_size=test_size), tokenizer=tiny_tokenizer)
     dm.setup("fit")
-    dm.check_answers({"_target_": "callbacks.function_reward.FunctionReward", "fn": "x"})  # needs none
-    with pytest.raises(ValueError, match=rf"data: {re.escape(str(path))} row 2: no answer, .*MathReward"):
-        dm.check_answers({"_target_": "callbacks.reward.MathReward"})
+    dm.check_answers({"_target_": "sppo_pl.rewards.function.FunctionOracle", "fn": "x"})  # needs none
+    with pytest.raises(ValueError, match=rf"data: {re.escape(str(path))} row 2: no answer, .*MathVerifier"):
+        dm.check_answers(MATH)
 
 
 def test_answers_are_needed_by_every_verifier_and_a_mix_with_one(tmp_path, tiny_tokenizer):
@@ -121,7 +127,10 @@ def test_answers_are_needed_by_every_verifier_and_a_mix_with_one(tmp_path, tiny_
     dm.setup("fit")
     needs = {"arithmetic", "combined", "gsm8k", "math"}
     for name in options("reward"):
-        extra = {"pairwise": ["reward.model_path=x"], "reward_model": ["reward.model_path=x"]}.get(name, [])
+        extra = {
+            "pairwise": ["reward.oracle.model_path=x"],
+            "reward_model": ["reward.oracle.model_path=x"],
+        }.get(name, [])
         reward = make_cfg(tmp_path, [f"reward={name}", *extra]).reward
         if name in needs:
             with pytest.raises(ValueError, match=r"data: split 'train' row 1: no answer"):
@@ -130,10 +139,10 @@ def test_answers_are_needed_by_every_verifier_and_a_mix_with_one(tmp_path, tiny_
             dm.check_answers(reward)
     dm.train_prompts[1]["answer"] = "2"
     with pytest.raises(ValueError, match=r"data: split 'test' row 0: no answer"):
-        dm.check_answers({"_target_": "callbacks.reward.MathReward"})
+        dm.check_answers(MATH)
     dm.answer_key = None
-    with pytest.raises(ValueError, match=r"data.answer_key is null .*, but the reward .*MathReward"):
-        dm.check_answers({"_target_": "callbacks.reward.MathReward"})
+    with pytest.raises(ValueError, match=r"data.answer_key is null .*, but the reward .*MathVerifier"):
+        dm.check_answers(MATH)
 
 
 def test_build_refuses_a_missing_answer_before_the_model_loads(tmp_path, tiny_model_dir, monkeypatch):

@@ -14,6 +14,7 @@ from hydra.utils import get_method, instantiate
 import sppo_pl.config  # noqa: F401  (resolvers)
 from sppo_pl.config import check_loss
 from sppo_pl.data import samples
+from sppo_pl.rewards.preference import bradley_terry
 from sppo_pl.training import build
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -36,9 +37,9 @@ def make_cfg(tmp_path, overrides=()):
 def test_every_loss_instantiates_and_runs(tmp_path, name):
     loss = instantiate(make_cfg(tmp_path, [f"loss={name}"]).loss)
     logps = torch.zeros(2, 3, requires_grad=True)
-    out = loss(
-        logps, torch.zeros(2, 3), torch.tensor([[0.75, 0.5, 0.25]] * 2), torch.tensor([[1.0, 0.5, 0.0]] * 2)
-    )
+    scores = torch.tensor([[1.0, 0.5, 0.0]] * 2)
+    extra = {"preferences": bradley_terry(scores)} if getattr(loss, "needs_preferences", False) else {}
+    out = loss(logps, torch.zeros(2, 3), torch.tensor([[0.75, 0.5, 0.25]] * 2), scores, **extra)
     out.loss.backward()
     assert out.loss.dim() == 0 and logps.grad is not None
 
@@ -51,9 +52,9 @@ def test_every_rollout_option_instantiates(tmp_path, name):
 
 # options with a mandatory field (???): what a user must give
 REQUIRED = {
-    "reward=pairwise": ["reward.model_path=/models/pairwise"],
-    "reward=reward_model": ["reward.model_path=/models/rm"],
-    "reward=custom": ["reward._target_=callbacks.reward.MathReward"],
+    "reward=pairwise": ["reward.oracle.model_path=/models/pairwise"],
+    "reward=reward_model": ["reward.oracle.model_path=/models/rm"],
+    "reward=custom": ["reward.oracle={_target_: sppo_pl.rewards.math.MathVerifier}"],
 }
 
 
@@ -225,7 +226,7 @@ def test_verl_math_recipe_instantiates_with_its_settings(tmp_path, tiny_tokenize
     assert (cfg.model.max_prompt_len, cfg.model.max_response_len) == (1024, 512)
     loss = got["loss"]
     assert type(loss).__name__ == "SPPOSoftMeanLoss" and (loss.eta, loss.group) == (1.0, "iteration")
-    assert type(got["reward"]).__name__ == "MathReward"
+    assert type(got["reward"].oracle).__name__ == "MathVerifier"
     s = got["rollout"].sampling
     assert (s.n, s.temperature, s.top_p, s.max_tokens) == (1, 1.0, 1.0, 512)
     group = got["opt"].param_groups[0]
@@ -246,7 +247,7 @@ def test_uclaml_recipe_instantiates_with_its_settings(tmp_path, tiny_tokenizer):
     source = samples.write_ultrafeedback(tmp_path / "uf")
     overrides = [
         "experiment=uclaml_ultrafeedback_mistral7b",
-        "reward.model_path=/models/pairwise",
+        "reward.oracle.model_path=/models/pairwise",
         f"data.dataset.path={source}",
         "data.dataset.test_size=2",
     ]
@@ -254,7 +255,8 @@ def test_uclaml_recipe_instantiates_with_its_settings(tmp_path, tiny_tokenizer):
     cfg, trainer, reward = got["cfg"], got["trainer"], got["reward"]
     assert cfg.model.prepare.repo_id == "mistralai/Mistral-7B-Instruct-v0.2"
     assert type(got["loss"]).__name__ == "SPPOPairLoss" and got["loss"].eta == 1000.0
-    assert type(reward).__name__ == "PairwiseReward" and reward.mode == "joint" and reward.include_self
+    assert type(reward.oracle).__name__ == "PairwiseOracle" and reward.oracle.mode == "joint"
+    assert reward.include_self
     s = got["rollout"].sampling
     assert (s.n, s.temperature, s.top_p) == (5, 0.7, 0.9)
     assert type(got["opt"]).__name__ == "RMSprop" and got["opt"].param_groups[0]["weight_decay"] == 0.0

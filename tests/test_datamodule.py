@@ -27,11 +27,11 @@ def test_collate_layout_by_hand():
             ["", ""],
             [[4], [5, 6]],
             scores=[0.0, 1.0],
-            win_rate=[0.25, 0.75],
+            p_hat=[0.25, 0.75],
             ref_logps=[-1, -2],
         ),
         Rollout(
-            "q", [7], ["", ""], [[8, 9, 10], []], scores=[1.0, 0.0], win_rate=[0.75, 0.25], ref_logps=[-3, 0]
+            "q", [7], ["", ""], [[8, 9, 10], []], scores=[1.0, 0.0], p_hat=[0.75, 0.25], ref_logps=[-3, 0]
         ),
     ]
     b = collate_rollouts(rows, pad_id=0)
@@ -48,8 +48,12 @@ def test_collate_layout_by_hand():
         [0, 0, 1, 0, 0, 0],
     ]
     assert b["response_mask"].tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 1], [0, 0, 0]]
-    assert b["win_rate"].tolist() == [[0.25, 0.75], [0.75, 0.25]]
+    assert b["p_hat"].tolist() == [[0.25, 0.75], [0.75, 0.25]]
     assert b["ref_logps"].tolist() == [[-1.0, -2.0], [-3.0, 0.0]]
+    assert "preferences" not in b  # these rollouts carry no oracle matrix
+    rows[0].preferences, rows[1].preferences = [[0.5, 0.0], [1.0, 0.5]], [[0.5, 0.9], [0.1, 0.5]]
+    got = collate_rollouts(rows, pad_id=0)["preferences"]
+    assert got.shape == (2, 2, 2) and got[1, 0, 1].item() == pytest.approx(0.9)
 
 
 def test_next_prompts_cover_the_split_then_wrap(tiny_tokenizer):
@@ -81,7 +85,7 @@ def test_train_dataloader_needs_rollouts(tiny_tokenizer):
     loader = dm.train_dataloader()  # built before the rollout callback fills it at the epoch's start
     assert len(loader.dataset) == dm.prompts_per_epoch
     with pytest.raises(
-        RuntimeError, match="no rollouts for iteration 0 .* makes them at the start of each epoch"
+        RuntimeError, match="no rollouts for iteration 0 .* makes them at the start of each iteration"
     ):
         next(iter(loader))
     with pytest.raises(ValueError, match="same number of samples"):
@@ -91,10 +95,10 @@ def test_train_dataloader_needs_rollouts(tiny_tokenizer):
 def test_rollouts_survive_a_checkpoint_round_trip(tiny_tokenizer):
     dm = _dm(tiny_tokenizer, ["What is 1 + 1?"])
     rollouts = [Rollout("a", [1], ["x", "y"], [[2], [3]], "2", [1.0, 0.0], [0.75, 0.25], [-1.0, -2.0])]
-    dm.set_rollouts(rollouts, epoch=3, step=24)
+    dm.set_rollouts(rollouts, iteration=3, step=24)
     other = _dm(tiny_tokenizer, ["What is 1 + 1?"])
     other.load_state_dict(dm.state_dict())
-    assert other.rollouts == rollouts and (other.rollout_epoch, other.rollout_step) == (3, 24)
+    assert other.rollouts == rollouts and (other.rollout_iteration, other.rollout_step) == (3, 24)
 
 
 def test_named_fields_travel_with_every_prompt(tiny_tokenizer):

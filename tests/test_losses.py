@@ -4,7 +4,7 @@ Shared case, B = 2 prompts, K = 3 samples:
     log pi_theta = [[-1, -2, -3], [-2, -2, -2]]
     log pi_t     = [[-1.5, -2, -2.5], [-2, -1, -3]]
     log-ratios   = [[0.5, 0, -0.5], [0, -1, 1]]
-    win rates    = [[0.75, 0.5, 0.25], [0.25, 0.75, 0.5]]  -> best w = [0, 1], worst l = [2, 0]
+    P_hat        = [[0.75, 0.5, 0.25], [0.25, 0.75, 0.5]]  -> best w = [0, 1], worst l = [2, 0]
     scores       = [[1, 0.5, 0], [0, 2, 1]]                 -> s_w - s_l = [1, 2]
 so lw = [0.5, -1] and ll = [-0.5, 0].
 """
@@ -26,18 +26,24 @@ from sppo_pl.losses import (
     SPPOSoftMeanLoss,
     softmean,
 )
+from sppo_pl.rewards.preference import bradley_terry, hard_preference
 
 POLICY = [[-1.0, -2.0, -3.0], [-2.0, -2.0, -2.0]]
 REF = [[-1.5, -2.0, -2.5], [-2.0, -1.0, -3.0]]
 WIN = [[0.75, 0.5, 0.25], [0.25, 0.75, 0.5]]
 SCORES = [[1.0, 0.5, 0.0], [0.0, 2.0, 1.0]]
+# the oracle's preference matrices [B, K, K] of SCORES: a 0/1 verifier's and Bradley-Terry at scale 1
+HARD = hard_preference(torch.tensor(SCORES, dtype=torch.float64))
+BT = bradley_terry(torch.tensor(SCORES, dtype=torch.float64))
 
 
-def run(loss_fn, policy=POLICY, ref=REF, win=WIN, scores=SCORES):
+def run(loss_fn, policy=POLICY, ref=REF, win=WIN, scores=SCORES, preferences=None):
     """Call the loss on float64 tensors, back-propagate, and return (output, d loss / d policy_logps)."""
     logps = torch.tensor(policy, dtype=torch.float64, requires_grad=True)
     f64 = dict(dtype=torch.float64)
-    out = loss_fn(logps, torch.tensor(ref, **f64), torch.tensor(win, **f64), torch.tensor(scores, **f64))
+    extra = {"preferences": preferences} if preferences is not None else {}
+    args = (torch.tensor(ref, **f64), torch.tensor(win, **f64), torch.tensor(scores, **f64))
+    out = loss_fn(logps, *args, **extra)
     out.loss.backward()
     return out, logps.grad
 
@@ -51,12 +57,12 @@ HAND_VALUES = [
     ("sppo_pair", SPPOPairLoss(eta=4), 1.375),
     # P_wl = 1 (s_w > s_l in both rows): t = 4 (1 - 1/2) = 2
     # row 0: ((0.5 - 2)^2 + (-0.5 + 2)^2) / 2 = 2.25; row 1: ((-1 - 2)^2 + (0 + 2)^2) / 2 = 6.5; mean 4.375
-    ("sppo_single_hard", SPPOSingleLoss(eta=4, hard=True), 4.375),
+    ("sppo_single_hard", SPPOSingleLoss(eta=4), 4.375),
     # P_wl = sigmoid(s_w - s_l): t0 = 4 (sigmoid(1) - 1/2) = 0.9242343, t1 = 4 (sigmoid(2) - 1/2) = 1.5231883
     # row 0: ((0.5 - 0.9242343)^2 + (-0.5 + 0.9242343)^2) / 2 = 0.1799748
     # row 1: ((-1 - 1.5231883)^2 + (0 + 1.5231883)^2) / 2 = (6.3664793 + 2.3201026) / 2 = 4.3432909
     # mean (0.1799748 + 4.3432909) / 2
-    ("sppo_single_soft", SPPOSingleLoss(eta=4, hard=False), 2.2616328),
+    ("sppo_single_soft", SPPOSingleLoss(eta=4), 2.2616328),
     # row 0: (0.5 - 2)^2 + (-0.5 + 2)^2 = 4.5; row 1: (-1 - 2)^2 + (0 + 2)^2 = 13; mean 8.75
     ("sppo_hard", SPPOHardLoss(eta=4), 8.75),
     # eta = 1, SoftMean per prompt: c0 = log((e + e^0.5 + 1) / 3) = 0.5816574,
@@ -78,7 +84,7 @@ HAND_VALUES = [
 
 @pytest.mark.parametrize(("name", "loss_fn", "expected"), HAND_VALUES, ids=[h[0] for h in HAND_VALUES])
 def test_loss_values_by_hand(name, loss_fn, expected):
-    out, grad = run(loss_fn)
+    out, grad = run(loss_fn, preferences={"sppo_single_hard": HARD, "sppo_single_soft": BT}.get(name))
     assert out.loss.item() == pytest.approx(expected, abs=1e-6)
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
     assert not out.losses.requires_grad and not out.log_ratio.requires_grad and not out.target.requires_grad
@@ -120,6 +126,27 @@ def test_sppo_pair_matches_uclaml_code():
     out = SPPOPairLoss(eta=eta)(pol, ref, win, torch.zeros_like(win))
     torch.testing.assert_close(out.losses, losses)
     torch.testing.assert_close(out.loss, losses.mean())
+
+
+def test_sppo_single_reads_p_wl_from_the_oracles_matrix():
+    """P_wl is preferences[b, w, l], whatever the oracle: not sigmoid(s_w - s_l) recomputed at scale 1."""
+    # a Bradley-Terry oracle at scale 3: P_wl = sigmoid(3 (s_w - s_l)) = sigmoid(3), sigmoid(6)
+    bt3 = bradley_terry(torch.tensor(SCORES, dtype=torch.float64), scale=3.0)
+    out, _ = run(SPPOSingleLoss(eta=4), preferences=bt3)
+    t = [4 * (1 / (1 + math.exp(-x)) - 0.5) for x in (3.0, 6.0)]  # 1.8105977, 1.9901487
+    want = [((0.5 - t[0]) ** 2 + (-0.5 + t[0]) ** 2) / 2, ((-1 - t[1]) ** 2 + (0 + t[1]) ** 2) / 2]
+    assert out.losses.tolist() == pytest.approx(want)
+    # a pairwise oracle whose matrix disagrees with the scores: P(w > l) = 0.6 in row 0, 0.9 in row 1
+    pref = torch.full((2, 3, 3), 0.5, dtype=torch.float64)
+    pref[0, 0, 2], pref[0, 2, 0], pref[1, 1, 0], pref[1, 0, 1] = 0.6, 0.4, 0.9, 0.1
+    out, _ = run(SPPOSingleLoss(eta=4), preferences=pref)
+    # t = 4 (P - 1/2) = 0.4, 1.6: row 0 ((0.5 - 0.4)^2 + (-0.5 + 0.4)^2) / 2 = 0.01; row 1 (2.6^2 + 1.6^2) / 2
+    assert out.losses.tolist() == pytest.approx([0.01, (2.6**2 + 1.6**2) / 2])
+
+
+def test_sppo_single_without_preferences_says_so():
+    with pytest.raises(ValueError, match="sppo_single needs the oracle's preference matrix"):
+        run(SPPOSingleLoss(eta=4))
 
 
 def test_sppo_hard_matches_trl_code():

@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from sppo_pl.datamodule import collate_rollouts
-from sppo_pl.losses import SPPOLoss
+from sppo_pl.losses import SPPOLoss, SPPOSingleLoss
 from sppo_pl.module import SPPOModule
 from sppo_pl.types import Rollout
 
 
 def _rollouts() -> list[Rollout]:
     return [
-        Rollout("a", [5, 6, 7], ["", ""], [[10, 11], [12, 13, 14]], scores=[1.0, 0.0], win_rate=[0.75, 0.25]),
-        Rollout("b", [8, 9], ["", ""], [[15], [16, 17]], scores=[0.0, 0.0], win_rate=[0.5, 0.5]),
+        Rollout("a", [5, 6, 7], ["", ""], [[10, 11], [12, 13, 14]], scores=[1.0, 0.0], p_hat=[0.75, 0.25]),
+        Rollout("b", [8, 9], ["", ""], [[15], [16, 17]], scores=[0.0, 0.0], p_hat=[0.5, 0.5]),
     ]
 
 
@@ -37,6 +37,19 @@ def test_first_step_of_an_iteration_has_zero_log_ratio(tiny_model_dir, reference
     assert loss.item() == pytest.approx(0.5, abs=1e-5)
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.policy.parameters())
+
+
+def test_the_training_step_hands_the_oracles_matrix_to_sppo_single(tiny_model_dir):
+    module = SPPOModule(str(tiny_model_dir), loss=SPPOSingleLoss(eta=4.0))
+    rollouts = _rollouts()
+    # a pairwise oracle's matrices: P(w > l) = 0.9 for prompt a (w = 0, l = 1); prompt b ties (w = l = 0)
+    rollouts[0].preferences = [[0.5, 0.9], [0.1, 0.5]]
+    rollouts[1].preferences = [[0.5, 0.5], [0.5, 0.5]]
+    module.compute_ref_logps(rollouts, pad_id=0)
+    loss = module.training_step(collate_rollouts(rollouts, pad_id=0), 0)
+    # log-ratios 0 at the first step: prompt a ((0 - t)^2 + (0 + t)^2) / 2 = t^2 with t = 4 (0.9 - 1/2) = 1.6;
+    # prompt b: P = 1/2, t = 0. Mean (2.56 + 0) / 2 (from the scores, sigmoid(1 - 0) would give t = 0.924)
+    assert loss.item() == pytest.approx(1.28, abs=1e-4)
 
 
 def test_reference_copy_stays_frozen_until_refreshed(tiny_model_dir):

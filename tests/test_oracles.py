@@ -9,13 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks.combined_reward import CombinedReward
-from callbacks.function_reward import FunctionReward
-from callbacks.pairwise import PairwiseReward
-from callbacks.reward import MathReward, RewardCallback, rollout_fields
-from callbacks.reward_model import RewardModelReward
-from sppo_pl.rewards.classifier import classifier_logits, load_classifier, reward_input_ids
-from sppo_pl.rewards.function import check_scores, resolve_function
+from callbacks.reward import RewardCallback
+from sppo_pl.rewards.classifier import (
+    RewardModelOracle,
+    classifier_logits,
+    load_classifier,
+    reward_input_ids,
+)
+from sppo_pl.rewards.combined import CombinedOracle
+from sppo_pl.rewards.function import FunctionOracle, resolve_function
+from sppo_pl.rewards.math import MathVerifier
+from sppo_pl.rewards.oracle import check_scores, rollout_fields, score_rollouts
+from sppo_pl.rewards.pairwise import PairwiseOracle
 from sppo_pl.rewards.preference import (
     joint_scores,
     ordered_pairs,
@@ -87,7 +92,7 @@ def test_check_scores_names_the_source_and_row():
 
 def test_resolve_function():
     assert resolve_function("sppo_pl.rewards.function.brevity")([], ["a b", "c"]) == [-2.0, -1.0]
-    with pytest.raises(ValueError, match="reward.fn='nope.nothing' is not an importable function"):
+    with pytest.raises(ValueError, match="reward.oracle.fn='nope.nothing' is not an importable function"):
         resolve_function("nope.nothing")
 
 
@@ -104,22 +109,22 @@ def test_batched_logits_equal_one_at_a_time(classifier_dir):
 
 
 def test_reward_model_scores_and_bradley_terry(classifier_dir):
-    rm = RewardModelReward(str(classifier_dir), batch_size=2, scale=2.0)
+    rm = RewardModelOracle(str(classifier_dir), batch_size=2, scale=2.0)
     model, tok = load_classifier(str(classifier_dir))
     r = rollout("What is 2 + 2?", ["4", "\\boxed{4}", "five"])
-    rm.score_rollouts([r])
+    score_rollouts(rm, [r])
     want = [
         classifier_logits(model, [reward_input_ids(tok, r.prompt, y, 2048)], tok.pad_token_id)[0].item()
         for y in r.responses
     ]
     assert r.scores == pytest.approx(want, abs=1e-5)
     s = r.scores  # P_hat_0 = (1/2 + sig(2 (s0 - s1)) + sig(2 (s0 - s2))) / 3
-    assert r.win_rate[0] == pytest.approx((0.5 + sig(2 * (s[0] - s[1])) + sig(2 * (s[0] - s[2]))) / 3)
+    assert r.p_hat[0] == pytest.approx((0.5 + sig(2 * (s[0] - s[1])) + sig(2 * (s[0] - s[2]))) / 3)
     assert rm.compare([r.prompt], ["4"], ["five"]) == pytest.approx([sig(2 * (s[0] - s[2]))], abs=1e-5)
 
 
 def test_pairwise_preferences_average_both_orders_of_the_model(classifier_dir):
-    pw = PairwiseReward(str(classifier_dir), batch_size=4)
+    pw = PairwiseOracle(str(classifier_dir), batch_size=4)
     r = rollout("What is 2 + 2?", ["4", "\\boxed{4}", "five"])
     ((scores, pref),) = pw.judge([r])
     x = [r.prompt]
@@ -133,20 +138,20 @@ def test_pairwise_preferences_average_both_orders_of_the_model(classifier_dir):
         )
     torch.testing.assert_close(pref + pref.T, torch.ones(3, 3, dtype=torch.float64))
     assert torch.diagonal(pref).tolist() == [0.5] * 3
-    pw.score_rollouts([r])
-    assert r.win_rate == pytest.approx(pref.mean(dim=1).tolist()) and r.scores == pytest.approx(scores)
+    score_rollouts(pw, [r])
+    assert r.p_hat == pytest.approx(pref.mean(dim=1).tolist()) and r.scores == pytest.approx(scores)
 
 
 def test_pairs_mode_is_independent_of_the_other_candidates_and_joint_mode_is_not(classifier_dir):
     groups = [["4", "\\boxed{4}", "five"], ["4", "\\boxed{4}", "22 + 2 = 24"]]
     for mode, same in (("pairs", True), ("joint", False)):
-        pw = PairwiseReward(str(classifier_dir), mode=mode)
+        pw = PairwiseOracle(str(classifier_dir), mode=mode)
         p01 = [pw.judge([rollout("What is 2 + 2?", g)])[0][1][0, 1].item() for g in groups]
         assert (abs(p01[0] - p01[1]) < 1e-6) is same, (mode, p01)
 
 
 def test_one_order_judges_half_the_pairs(classifier_dir):
-    pw = PairwiseReward(str(classifier_dir), both_orders=False)
+    pw = PairwiseOracle(str(classifier_dir), both_orders=False)
     seen = []
     real = pw.model.logits
     pw.model.logits = lambda inputs: seen.append(len(inputs)) or real(inputs)
@@ -173,8 +178,8 @@ def test_classifier_with_several_outputs_is_refused(tmp_path, classifier_dir):
 
 
 def test_pairwise_bad_mode():
-    with pytest.raises(ValueError, match="reward.mode must be 'pairs' or 'joint'"):
-        PairwiseReward("/models/x", mode="rank")
+    with pytest.raises(ValueError, match="reward.oracle.mode must be 'pairs' or 'joint'"):
+        PairwiseOracle("/models/x", mode="rank")
 
 
 # ---- function and combination --------------------------------------------------------------------------
@@ -184,24 +189,24 @@ def keyword_echo(prompts, responses, answer, topic):
 
 
 def test_function_oracle_gets_answers_and_dataset_fields():
-    fn = FunctionReward(f"{__name__}.keyword_echo", preference="hard", verifier=True)
+    fn = FunctionOracle(f"{__name__}.keyword_echo", preference="hard", verifier=True)
     rs = [
         rollout("q1", ["cats 3", "3"], answer="3", topic="cats"),
         rollout("q2", ["dogs", "dogs 5"], "5", topic="dogs"),
     ]
     assert rollout_fields(rs) == {"answer": ["3", "5"], "topic": ["cats", "dogs"]}
-    fn.score_rollouts(rs)
+    score_rollouts(fn, rs)
     assert [r.scores for r in rs] == [[1.0, 0.0], [0.0, 1.0]]
-    assert [r.win_rate for r in rs] == [[0.75, 0.25], [0.25, 0.75]]
+    assert [r.p_hat for r in rs] == [[0.75, 0.25], [0.25, 0.75]]
     assert fn.is_verifier
 
 
 def test_function_oracle_errors_name_the_function():
-    fn = FunctionReward(lambda prompts, responses, **f: [1.0])
-    with pytest.raises(ValueError, match="reward.fn=.*<lambda>.*returned 1 scores for 2 responses"):
-        fn.score_rollouts([rollout("q", ["a", "b"])])
-    with pytest.raises(ValueError, match="reward.preference must be"):
-        FunctionReward("sppo_pl.rewards.function.brevity", preference="soft")
+    fn = FunctionOracle(lambda prompts, responses, **f: [1.0])
+    with pytest.raises(ValueError, match="reward.oracle.fn=.*<lambda>.*returned 1 scores for 2 responses"):
+        score_rollouts(fn, [rollout("q", ["a", "b"])])
+    with pytest.raises(ValueError, match="reward.oracle.preference must be"):
+        FunctionOracle("sppo_pl.rewards.function.brevity", preference="soft")
 
 
 def scores_as_dict(prompts, responses, **fields):
@@ -226,23 +231,23 @@ def scores_as_dict(prompts, responses, **fields):
     ],
 )
 def test_function_oracle_refuses_what_is_not_a_sequence_of_numbers(returned, match):
-    fn = FunctionReward(lambda prompts, responses, **f: returned)
-    name = r"reward\.fn=tests\.test_oracles\..*<lambda> must return one number per response: "
+    fn = FunctionOracle(lambda prompts, responses, **f: returned)
+    name = r"reward\.oracle\.fn=tests\.test_oracles\..*<lambda> must return one number per response: "
     expected = r"; expected a list, tuple, 1-D tensor or array of 2 finite numbers, one per response"
     with pytest.raises(ValueError, match=name + ".*" + match + ".*" + expected):
-        fn.score_rollouts([rollout("q", ["hello", "goodbye"])])
+        score_rollouts(fn, [rollout("q", ["hello", "goodbye"])])
 
 
 def test_function_oracle_names_its_dotted_path_and_what_it_returned():
-    fn = FunctionReward(f"{__name__}.scores_as_dict")
+    fn = FunctionOracle(f"{__name__}.scores_as_dict")
     match = (
-        r"reward\.fn=tests\.test_oracles\.scores_as_dict must return one number per response: it returned a "
+        r"reward\.oracle\.fn=tests\.test_oracles\.scores_as_dict must return one number per response: it returned a "
         r"dict of length 2 \(\{0: 5.0, 1: 7.0\}\); expected a list, tuple, 1-D tensor or array of 2 finite"
     )
     with pytest.raises(ValueError, match=match):
-        fn.score_rollouts([rollout("q", ["hello", "goodbye"])])
+        score_rollouts(fn, [rollout("q", ["hello", "goodbye"])])
     with pytest.raises(ValueError, match=r"returned 3 scores for 2 responses \(a list of length 3"):
-        FunctionReward(lambda p, r, **f: [1.0, 2.0, 3.0]).checked_score(["q", "q"], ["a", "b"])
+        FunctionOracle(lambda p, r, **f: [1.0, 2.0, 3.0]).checked_score(["q", "q"], ["a", "b"])
 
 
 @pytest.mark.parametrize(
@@ -260,33 +265,35 @@ def test_function_oracle_names_its_dotted_path_and_what_it_returned():
     ],
 )
 def test_function_oracle_reads_sequences_of_real_numbers(returned):
-    fn = FunctionReward(lambda prompts, responses, **f: returned)
+    fn = FunctionOracle(lambda prompts, responses, **f: returned)
     scores = fn.checked_score(["q", "q"], ["hello", "goodbye"])
     assert scores == [float(s) for s in returned] and all(type(s) is float for s in scores)
 
 
 def test_combined_oracle_mixes_preferences_by_weight():
-    mix = CombinedReward(
+    mix = CombinedOracle(
         {
-            "correct": MathReward(),
-            "brief": FunctionReward("sppo_pl.rewards.function.brevity", scale=1.0),
+            "correct": MathVerifier(),
+            "brief": FunctionOracle("sppo_pl.rewards.function.brevity", scale=1.0),
         },
         weights={"correct": 3.0, "brief": 1.0},
     )
     r = rollout("What is 2 + 2?", ["\\boxed{4}", "it is \\boxed{5}"], answer="4")
-    mix.score_rollouts([r])
+    score_rollouts(mix, [r])
     # correct: scores [1, 0], P[0,1] = 1; brief: scores [-1, -3], P[0,1] = sig(2)
     p01 = (3 * 1.0 + 1 * sig(2.0)) / 4
-    assert r.win_rate == pytest.approx([(0.5 + p01) / 2, (0.5 + 1 - p01) / 2])
+    assert r.p_hat == pytest.approx([(0.5 + p01) / 2, (0.5 + 1 - p01) / 2])
     assert r.scores == pytest.approx([(3 * 1 - 1) / 4, (3 * 0 - 3) / 4])
     assert mix.compare([r.prompt], r.responses[:1], r.responses[1:], answer=["4"]) == pytest.approx([p01])
 
 
 def test_combined_oracle_checks_names_and_weights():
-    with pytest.raises(ValueError, match="reward.weights names \\['x'\\], not in reward.oracles"):
-        CombinedReward({"a": MathReward()}, weights={"x": 1.0})
-    with pytest.raises(ValueError, match="reward.weights must be >= 0"):
-        CombinedReward({"a": MathReward()}, weights={"a": 0.0})
+    with pytest.raises(
+        ValueError, match="reward.oracle.weights names \\['x'\\], not in reward.oracle.oracles"
+    ):
+        CombinedOracle({"a": MathVerifier()}, weights={"x": 1.0})
+    with pytest.raises(ValueError, match="reward.oracle.weights must be >= 0"):
+        CombinedOracle({"a": MathVerifier()}, weights={"a": 0.0})
 
 
 def test_base_compare_is_the_preference_of_the_two_scores():
@@ -300,6 +307,70 @@ def test_base_compare_is_the_preference_of_the_two_scores():
 
     assert Length().compare(["q", "q"], ["aaa", "a"], ["a", "a"]) == pytest.approx([sig(2.0), 0.5])
     with pytest.raises(ValueError, match="Short returned 1 scores for 2 responses"):
-        Short().score_rollouts([rollout("q", ["a", "b"])])
-    with pytest.raises(NotImplementedError, match=r"RewardCallback must implement score\(\) or judge\(\)"):
-        RewardCallback().score_rollouts([rollout("q", ["a", "b"])])
+        score_rollouts(Short(), [rollout("q", ["a", "b"])])
+
+
+def test_a_callback_without_an_oracle_is_refused_when_built():
+    with pytest.raises(ValueError, match=r"RewardCallback has no oracle: give reward.oracle"):
+        RewardCallback()
+
+
+def test_the_callback_wraps_its_oracle_and_keeps_the_preference_matrix():
+    """Scores, then K x K preferences, then P_hat: the rollout keeps all three."""
+    cb = RewardCallback(MathVerifier(numeric=True), include_self=False)
+    r = rollout("What is 2 + 2?", ["\\boxed{4}", "5", "4"], answer="4")
+    cb.score_rollouts([r])
+    assert cb.oracle.is_verifier and not cb.is_verifier  # the flags are read from the oracle
+    assert r.scores == [1.0, 0.0, 1.0]
+    assert r.preferences == [[0.5, 1.0, 0.5], [0.0, 0.5, 0.0], [0.5, 1.0, 0.5]]
+    assert r.p_hat == [0.75, 0.0, 0.75]  # the K - 1 others: (1 + 1/2) / 2, 0, (1/2 + 1) / 2
+    own = rollout("What is 2 + 2?", ["\\boxed{4}", "5", "4"], answer="4")
+    score_rollouts(MathVerifier(numeric=True), [own])
+    assert own.p_hat == pytest.approx([2 / 3, 1 / 6, 2 / 3])  # include_self: (1/2 + 1 + 1/2) / 3, ...
+
+
+def test_every_reward_config_wraps_an_oracle_the_eval_can_build_alone(tmp_path):
+    """sppo_pl.eval builds the oracle without the Lightning callback; a user's callback class is its own."""
+    from omegaconf import OmegaConf
+
+    from sppo_pl.rewards.oracle import Oracle, oracle_from_config
+
+    cfg = OmegaConf.create(
+        {
+            "_target_": "callbacks.reward.RewardCallback",
+            "oracle": {"_target_": "sppo_pl.rewards.math.MathVerifier"},
+        }
+    )
+    oracle = oracle_from_config(cfg)
+    assert type(oracle) is MathVerifier and not isinstance(oracle, RewardCallback)
+    own = OmegaConf.create({"_target_": f"{__name__}.LengthCallback", "oracle": None})
+    made = oracle_from_config(own)
+    assert type(made) is LengthCallback and isinstance(made, Oracle) and made.oracle is made
+
+
+class LengthCallback(RewardCallback):
+    def score(self, prompts, responses, **fields):
+        return [float(len(y)) for y in responses]
+
+
+def test_the_docs_plain_oracle_example_runs_as_written(tmp_path, monkeypatch):
+    """docs/oracles.md: the Oracle subclass and its command, composed and scored."""
+    import re
+    import shlex
+    import sys
+
+    from sppo_pl.rewards.oracle import oracle_from_config
+    from tests.test_config import make_cfg
+    from tests.test_train_cli import ROOT
+
+    text = (ROOT / "docs" / "oracles.md").read_text().split("## Your own oracle")[1]
+    (tmp_path / "my_oracle.py").write_text(re.search(r"```python\n(.*?)```", text, re.S).group(1))
+    command = shlex.split(re.search(r"```bash\n(.*?)```", text, re.S).group(1))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_oracle", None)
+    cfg = make_cfg(tmp_path, command[2:])
+    oracle = oracle_from_config(cfg.reward)
+    assert type(oracle).__name__ == "MentionsAnswer"
+    r = rollout("What is 2 + 2?", ["it is 4", "5", "4!"], answer="4")
+    RewardCallback(oracle, include_self=True).score_rollouts([r])
+    assert r.scores == [1.0, 0.0, 1.0] and r.p_hat == pytest.approx([2 / 3, 1 / 6, 2 / 3])

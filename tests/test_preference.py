@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sppo_pl.rewards.preference import bradley_terry, hard_preference, symmetrize, win_rate
+from sppo_pl.rewards.preference import bradley_terry, hard_preference, p_hat, symmetrize
 
 # sigmoid(1) = 0.7310586, sigmoid(2) = 0.8807971, sigmoid(3) = 0.9525741; sigmoid(-x) = 1 - sigmoid(x)
 S1, S2, S3 = 0.7310585786300049, 0.8807970779778823, 0.9525741268224334
@@ -18,7 +18,7 @@ def test_bradley_terry_by_hand():
     torch.testing.assert_close(p, torch.tensor(want, dtype=torch.float64))
     # include self: row means; row 0 = (0.5 + 0.2689414 + 0.0474259) / 3 = 0.2721224
     torch.testing.assert_close(
-        win_rate(p), torch.tensor([0.2721224, 0.4500872, 0.7777904], dtype=torch.float64), atol=1e-7, rtol=0
+        p_hat(p), torch.tensor([0.2721224, 0.4500872, 0.7777904], dtype=torch.float64), atol=1e-7, rtol=0
     )
 
 
@@ -32,9 +32,9 @@ def test_hard_preference_and_win_rate_by_hand():
     p = hard_preference(torch.tensor([1.0, 0.0, 1.0]))
     assert p.tolist() == [[0.5, 1.0, 0.5], [0.0, 0.5, 0.0], [0.5, 1.0, 0.5]]
     # include self: (0.5 + 1 + 0.5) / 3 = 2/3, (0 + 0.5 + 0) / 3 = 1/6, (0.5 + 1 + 0.5) / 3 = 2/3
-    torch.testing.assert_close(win_rate(p), torch.tensor([2 / 3, 1 / 6, 2 / 3]))
+    torch.testing.assert_close(p_hat(p), torch.tensor([2 / 3, 1 / 6, 2 / 3]))
     # exclude self: (1 + 0.5) / 2 = 0.75, (0 + 0) / 2 = 0, (0.5 + 1) / 2 = 0.75
-    torch.testing.assert_close(win_rate(p, include_self=False), torch.tensor([0.75, 0.0, 0.75]))
+    torch.testing.assert_close(p_hat(p, include_self=False), torch.tensor([0.75, 0.0, 0.75]))
 
 
 def test_hard_preference_accepts_integer_and_bool_scores():
@@ -47,8 +47,8 @@ def test_hard_preference_accepts_integer_and_bool_scores():
 def test_win_rate_is_batched():
     scores = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
     # [1, 0]: (0.5 + 1) / 2, (0 + 0.5) / 2; all tie: 1/2 each
-    assert win_rate(hard_preference(scores)).tolist() == [[0.75, 0.25], [0.5, 0.5]]
-    assert win_rate(hard_preference(scores), include_self=False).tolist() == [[1.0, 0.0], [0.5, 0.5]]
+    assert p_hat(hard_preference(scores)).tolist() == [[0.75, 0.25], [0.5, 0.5]]
+    assert p_hat(hard_preference(scores), include_self=False).tolist() == [[1.0, 0.0], [0.5, 0.5]]
 
 
 def test_symmetrize_averages_both_orders():
@@ -65,15 +65,15 @@ def test_symmetrize_keeps_a_consistent_matrix():
 
 
 def test_one_sample_wins_half_against_itself_and_is_undefined_without_itself():
-    assert win_rate(hard_preference(torch.tensor([[1.0]]))).tolist() == [[0.5]]
+    assert p_hat(hard_preference(torch.tensor([[1.0]]))).tolist() == [[0.5]]
     with pytest.raises(ValueError, match="K >= 2"):
-        win_rate(torch.tensor([[0.5]]), include_self=False)
+        p_hat(torch.tensor([[0.5]]), include_self=False)
 
 
 def test_bad_shapes():
     with pytest.raises(ValueError, match=r"\[\.\.\., K, K\]"):
-        win_rate(torch.zeros(2, 3))
+        p_hat(torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"\[\.\.\., K, K\]"):
-        win_rate(torch.zeros(3))
+        p_hat(torch.zeros(3))
     with pytest.raises(ValueError, match=r"\[\.\.\., K, K\]"):
         symmetrize(torch.zeros(4, 2, 3))

@@ -31,7 +31,7 @@ def test_verl_math_twin(tmp_path):
     run = only_run_dir(tmp_path, "verl_math_tiny")
     for epoch in (0, 1):
         rows = _rollouts(run, epoch)
-        assert len(rows) == 8 and all(len(r["responses"]) == 1 and r["win_rate"] == [0.5] for r in rows)
+        assert len(rows) == 8 and all(len(r["responses"]) == 1 and r["p_hat"] == [0.5] for r in rows)
         assert all(r["prompt"].endswith("within \\boxed{}.") and r["fields"]["level"] for r in rows)
     answers = {r["prompt"].split(" Let's")[0]: r["answer"] for r in _rollouts(run, 0)}
     assert answers["Simplify $\\frac{6}{8}$."] == "\\frac{3}{4}"  # the solution's last \boxed{}
@@ -49,8 +49,8 @@ def test_uclaml_ultrafeedback_twin_and_its_evaluation(tmp_path):
     for epoch in (0, 1, 2):
         rows = _rollouts(run, epoch)
         assert len(rows) == 4 and all(len(r["responses"]) == 5 and r["answer"] is None for r in rows)
-        # joint PairRM ranking: P is a consistent matrix, so a prompt's win rates average exactly 1/2
-        assert all(abs(sum(r["win_rate"]) / 5 - 0.5) < 1e-6 for r in rows)
+        # joint PairRM ranking: P is a consistent matrix, so a prompt's P_hat average exactly 1/2
+        assert all(abs(sum(r["p_hat"]) / 5 - 0.5) < 1e-6 for r in rows)
         assert all(len(set(r["scores"])) > 1 for r in rows)
     metrics = read_metrics(run)
     assert _column(metrics, "val/iteration") == [0.0, 1.0, 2.0, 3.0]

@@ -75,7 +75,7 @@ def test_two_epoch_smoke_run_writes_every_artifact_and_trains_on_fresh_rollouts(
             "prompt",
             "responses",
             "scores",
-            "win_rate",
+            "p_hat",
             "ref_logps",
             "answer",
             "policy_step",
@@ -125,7 +125,7 @@ def test_resume_trains_on_the_checkpointed_rollouts(tmp_path):
     ]
     assert (resumed / "rollouts/epoch_1.jsonl").read_text() == (first / "rollouts/epoch_1.jsonl").read_text()
     seen = json.loads(record.read_text())
-    assert seen and {r["epoch"] for r in seen} == {1} and all(r["rollout_epoch"] == 1 for r in seen)
+    assert seen and {r["epoch"] for r in seen} == {1} and all(r["rollout_iteration"] == 1 for r in seen)
     # and it ends where the uninterrupted run ended
     from sppo_pl.export import load_policy_from_checkpoint
 
@@ -171,11 +171,13 @@ def test_pairwise_oracle_run_logs_win_rate_against_the_start(tmp_path):
     from sppo_pl.utils.tiny_model import build_tiny_classifier
 
     judge = build_tiny_classifier(tmp_path / "models" / "tiny-pairwise")
-    run_train(tmp_path, "experiment=smoke", "reward=pairwise", f"reward.model_path={judge}", "task_name=pw")
+    run_train(
+        tmp_path, "experiment=smoke", "reward=pairwise", f"reward.oracle.model_path={judge}", "task_name=pw"
+    )
     run = only_run_dir(tmp_path, "pw")
     rows = [json.loads(line) for line in (run / "rollouts/epoch_1.jsonl").read_text().splitlines()]
     for r in rows:  # K = 2: P_hat = (1/2 + P(y_k > y_other)) / 2, so the two sum to 1
-        assert abs(sum(r["win_rate"]) - 1) < 1e-9 and len(r["scores"]) == 2
+        assert abs(sum(r["p_hat"]) - 1) < 1e-9 and len(r["scores"]) == 2
     with (run / "metrics.csv").open() as f:
         val = [r for r in csv.DictReader(f) if r.get("val/iteration")]
     assert [float(r["val/iteration"]) for r in val] == [0.0, 1.0, 2.0]

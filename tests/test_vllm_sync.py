@@ -27,13 +27,13 @@ def _optimizer_step(module: SPPOModule, engine, prompt_ids, pad_id: int) -> None
     """One real SPPO step on samples from the engine, with a large learning rate so greedy outputs move."""
     gens = engine.generate(prompt_ids, SamplingConfig(n=2, temperature=1.0, max_tokens=8))
     rollouts = [
-        Rollout("", p, g.texts, g.token_ids, scores=[1.0, 0.0], win_rate=[0.75, 0.25])
+        Rollout("", p, g.texts, g.token_ids, scores=[1.0, 0.0], p_hat=[0.75, 0.25])
         for p, g in zip(prompt_ids, gens)
     ]
     module.compute_ref_logps(rollouts, pad_id)
     opt = torch.optim.SGD(module.policy.parameters(), lr=0.5)
     batch = collate_rollouts(rollouts, pad_id)
-    out = module.loss_fn(module.policy_logps(batch), batch["ref_logps"], batch["win_rate"], batch["scores"])
+    out = module.loss_fn(module.policy_logps(batch), batch["ref_logps"], batch["p_hat"], batch["scores"])
     out.loss.backward()
     torch.nn.utils.clip_grad_norm_(module.policy.parameters(), 5.0)
     opt.step()

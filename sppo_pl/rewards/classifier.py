@@ -17,6 +17,9 @@ from collections.abc import Sequence
 
 import torch
 
+from sppo_pl.rewards.oracle import Oracle
+from sppo_pl.rewards.preference import bradley_terry
+
 PAIR_MARKERS = ("<|source|>", "<|candidate1|>", "<|candidate2|>")
 
 
@@ -129,7 +132,7 @@ class Classifier:
 
     def __init__(self, path: str, dtype: str = "float32", device: str | None = None, batch_size: int = 16):
         if batch_size < 1:
-            raise ValueError(f"reward.batch_size must be >= 1, got {batch_size}")
+            raise ValueError(f"reward.oracle.batch_size must be >= 1, got {batch_size}")
         self.path, self.dtype, self.device, self.batch_size = path, dtype, device, batch_size
         self._loaded = None
 
@@ -145,3 +148,41 @@ class Classifier:
     def logits(self, inputs: list[list[int]]) -> torch.Tensor:
         model, tokenizer = self._load()
         return classifier_logits(model, inputs, tokenizer.pad_token_id, self.batch_size)
+
+
+class ClassifierOracle(Oracle):
+    """An oracle that runs a model (``self.model``, e.g. a :class:`Classifier`) with a settable ``device``."""
+
+    model: Classifier
+
+    def place(self, device):
+        """The model runs on ``device`` unless it was given one (``reward.oracle.device``)."""
+        self.model.device = self.model.device or str(device)
+
+
+class RewardModelOracle(ClassifierOracle):
+    """Scores s = RM(prompt, response); preferences by Bradley-Terry, P(y_i > y_j) = sigmoid(scale (s_i - s_j)).
+
+    The input is the reward model's own chat template of the user and assistant turns (plain text without
+    one), cut to its last ``max_length`` tokens; batches of ``batch_size``, sorted by length.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        batch_size: int = 16,
+        max_length: int = 2048,
+        scale: float = 1.0,
+        dtype: str = "float32",
+        device: str | None = None,
+    ):
+        self.model = Classifier(model_path, dtype, device, batch_size)
+        self.max_length, self.scale = max_length, scale
+
+    def score(self, prompts, responses, **fields):
+        tok = self.model.tokenizer
+        ids = [reward_input_ids(tok, x, y, self.max_length) for x, y in zip(prompts, responses)]
+        return self.model.logits(ids).tolist()
+
+    def preferences(self, scores: torch.Tensor) -> torch.Tensor:
+        return bradley_terry(scores, self.scale)

@@ -17,6 +17,9 @@ import logging
 import re
 import threading
 
+from sppo_pl.rewards.oracle import Oracle
+from sppo_pl.rewards.preference import hard_preference
+
 TIMEOUT_S = 5  # math-verify's default, per parse / comparison, on the main thread
 
 _BOXED = re.compile(r"\\boxed\s*\{")
@@ -130,3 +133,30 @@ def correctness_scores(
     if len(responses) != len(answers):
         raise ValueError(f"got {len(responses)} responses but {len(answers)} answers")
     return [1.0 if is_correct(r, a, fallback, numeric) else 0.0 for r, a in zip(responses, answers)]
+
+
+class MathVerifier(Oracle):
+    """Rule-based verifier: 1 if the response's final answer equals the gold answer, else 0.
+
+    The final answer is the last ``\\boxed{}``; without one, ``fallback`` decides ("last_number", "hash",
+    "math_verify" or "none", see :func:`is_correct`); ``numeric=True`` accepts only number literals.
+    Equivalence is decided by math-verify. Preferences are hard: P(y_i > y_j) = 1{s_i > s_j} + 1/2 1{s_i = s_j}.
+    """
+
+    is_verifier = True
+    needs_answers = True
+
+    def __init__(self, fallback: str = "last_number", numeric: bool = False):
+        self.fallback = check_fallback(fallback, "reward.oracle.fallback")
+        self.numeric = numeric
+
+    def score(self, prompts, responses, answer=None, **fields):
+        missing = [i for i, a in enumerate(answer or [None] * len(responses)) if a is None]
+        if missing:
+            raise ValueError(
+                f"reward=math needs an answer for every prompt (data.answer_key); {prompts[missing[0]]!r} has none"
+            )
+        return correctness_scores(responses, answer, self.fallback, self.numeric)
+
+    def preferences(self, scores):
+        return hard_preference(scores)

@@ -1,4 +1,7 @@
-"""From oracle outputs to P_hat(y > pi_t | x), the win rate SPPO regresses on (paper eq. 4.7).
+"""From oracle outputs to P_hat(y > pi_t | x), what SPPO regresses on (paper eq. 4.7).
+
+Words: P_hat is the probability of beating the current policy pi_t (the samples of the same iteration);
+"win rate" is kept for beating the starting policy (``val/win_rate``, the eval's ``win_rate``).
 
 For K samples y_1..y_K ~ pi_t(. | x) the oracle gives a preference matrix P[i, j] = P(y_i > y_j | x), either
 directly (a pairwise model) or from scalar scores (Bradley-Terry, or hard 0/1 comparisons for verifiers), and
@@ -30,7 +33,7 @@ def _check_square(pref: Tensor, min_k: int = 1) -> int:
     if pref.dim() < 2 or pref.size(-1) != pref.size(-2):
         raise ValueError(f"preference matrix must be [..., K, K], got shape {tuple(pref.shape)}")
     if pref.size(-1) < min_k:
-        raise ValueError(f"a win rate needs K >= {min_k} samples per prompt, got K = {pref.size(-1)}")
+        raise ValueError(f"P_hat needs K >= {min_k} samples per prompt, got K = {pref.size(-1)}")
     return pref.size(-1)
 
 
@@ -52,12 +55,12 @@ def hard_preference(scores: Tensor) -> Tensor:
     return (diff > 0).to(diff.dtype) + 0.5 * (diff == 0).to(diff.dtype)
 
 
-def win_rate(pref: Tensor, include_self: bool = True) -> Tensor:
+def p_hat(pref: Tensor, include_self: bool = True) -> Tensor:
     """P_hat(y_i > pi_t | x) = mean_j P(y_i > y_j | x): [..., K, K] -> [..., K]   (paper eq. 4.7).
 
     The y_j are the K samples drawn from pi_t. ``include_self=True`` averages over all K of them, j = i
     included (its entry is 1/2), as uclaml/SPPO computes it; ``False`` averages over the K - 1 others. With
-    one sample (verl's recipe samples one response per prompt and trains on scores) the win rate including
+    one sample (verl's recipe samples one response per prompt and trains on scores) P_hat including
     itself is 1/2, and without itself undefined.
     """
     k = _check_square(pref, min_k=1 if include_self else 2)

@@ -86,8 +86,8 @@ def _real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def request_seeds(seed: int, epoch: int, n: int) -> list[int]:
-    """One sampling seed per prompt of iteration ``epoch``: fixed by (seed, epoch, position), so a resumed
+def request_seeds(seed: int, iteration: int, n: int) -> list[int]:
+    """One sampling seed per prompt of iteration ``iteration``: fixed by (seed, iteration, position), so a resumed
     run, or a run on another number of ranks, samples exactly what an uninterrupted one would."""
-    base = (seed * 1_000_003 + epoch) * 1_000_003
+    base = (seed * 1_000_003 + iteration) * 1_000_003
     return [(base + i) % 2**31 for i in range(n)]

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from callbacks.reward_model import ClassifierReward
 from sppo_pl.datamodule import samples_per_prompt
-from sppo_pl.rewards.classifier import PAIR_MARKERS, encode, pair_input_ids, special_tokens
+from sppo_pl.rewards.classifier import (
+    PAIR_MARKERS,
+    Classifier,
+    ClassifierOracle,
+    encode,
+    pair_input_ids,
+    special_tokens,
+)
 from sppo_pl.rewards.preference import (
     bradley_terry,
     joint_scores,
@@ -17,7 +23,7 @@ from sppo_pl.rewards.preference import (
 from sppo_pl.types import Rollout
 
 
-class PairwiseReward(ClassifierReward):
+class PairwiseOracle(ClassifierOracle):
     """A model that reads ``(prompt, response_a, response_b)`` and returns the log-odds l(a, b) that a wins.
 
     For each prompt's K samples it judges every ordered pair (``both_orders``, K (K - 1) inputs; else the
@@ -44,15 +50,14 @@ class PairwiseReward(ClassifierReward):
         markers: tuple[str, str, str] | list[str] = PAIR_MARKERS,
         dtype: str = "float32",
         device: str | None = None,
-        include_self: bool = True,
     ):
         if mode not in ("pairs", "joint"):
-            raise ValueError(f"reward.mode must be 'pairs' or 'joint', got {mode!r}")
+            raise ValueError(f"reward.oracle.mode must be 'pairs' or 'joint', got {mode!r}")
         if len(markers) != 3:
             raise ValueError(
-                f"reward.markers must be 3 strings (source, candidate 1, candidate 2), got {markers}"
+                f"reward.oracle.markers must be 3 strings (source, candidate 1, candidate 2), got {markers}"
             )
-        super().__init__(model_path, dtype, device, batch_size, include_self)
+        self.model = Classifier(model_path, dtype, device, batch_size)
         self.mode, self.both_orders, self.markers = mode, both_orders, list(markers)
         self.max_prompt_tokens, self.max_response_tokens = max_prompt_tokens, max_response_tokens
 
