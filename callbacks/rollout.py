@@ -3,7 +3,7 @@ iteration k from the policy as it stands, saves the generations, scores them wit
 log-probs and hands the scored rollouts to the data module, which batches them for the iteration.
 
 Lightning builds the iteration's train dataloader before ``on_train_epoch_start``; the data module's dataset has
-a length known in advance (``data.prompts_per_epoch`` prompt groups) and is filled here, before its first
+a length known in advance (``data.prompts_per_iteration`` prompt groups) and is filled here, before its first
 batch is read. By then the previous iteration's checkpoint is on disk (ModelCheckpoint writes it at that
 iteration's end), so a failure while making rollouts (an oracle error, a missing answer) loses nothing that
 was trained. The generations are saved (``rollouts/epoch_K.generated.jsonl``) before they are scored: a
@@ -43,6 +43,7 @@ import torch
 
 from callbacks.reward import RewardCallback
 from sppo_pl.distributed import all_gather_list, broadcast_from_zero, drain, rank_and_world, shard_bounds
+from sppo_pl.logprobs import summed_token_logps
 from sppo_pl.report import write_jsonl_atomic
 from sppo_pl.rollout.base import Generation, RolloutEngine, SamplingConfig, request_seeds
 from sppo_pl.rollout.hf_engine import HFEngine
@@ -61,10 +62,15 @@ class RolloutCallback(L.Callback):
         mode: str = "colocate",
         seed: int = 0,
         oracle: RewardCallback | None = None,
+        drop_ties: bool = False,
+        max_rounds: int = 4,
     ):
         if mode not in ("colocate", "rank0"):
             raise ValueError(f"rollout.mode must be 'colocate' or 'rank0', got {mode!r}")
+        if not (isinstance(max_rounds, int) and max_rounds >= 1):
+            raise ValueError(f"rollout.max_rounds must be a whole number >= 1, got {max_rounds!r}")
         self.mode, self.seed = mode, seed
+        self.drop_ties, self.max_rounds = drop_ties, max_rounds
         self.oracle = oracle  # the run's reward callback, handed over by training.build
         self.engine_factory = engine
         self.sampling = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig(**sampling)
@@ -78,10 +84,10 @@ class RolloutCallback(L.Callback):
 
     # ---- hooks ---------------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage):
-        world, per_epoch = trainer.world_size, trainer.datamodule.prompts_per_epoch
-        if per_epoch % world:
+        world, per_iteration = trainer.world_size, trainer.datamodule.prompts_per_iteration
+        if per_iteration % world:
             raise ValueError(
-                f"data.prompts_per_epoch={per_epoch} must be a multiple of the number of ranks ({world}): "
+                f"data.prompts_per_iteration={per_iteration} must be a multiple of the number of ranks ({world}): "
                 "every rank gets the same share"
             )
         if self.oracle is None:
@@ -90,6 +96,18 @@ class RolloutCallback(L.Callback):
             )
         if self.engine is None:
             self.engine = self.make_engine(trainer, pl_module)
+
+    def teardown(self, trainer, pl_module, stage):
+        """Fitting is over: shut the engine down (``close``, when it has one) so its memory is handed back
+        before the next job of a sweep starts in the same process; a later fit builds a new one. A validation
+        before fitting keeps it."""
+        if stage != "fit":
+            return
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+        self.engine = None
+        self._synced_step = None
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self.wake_and_sync(trainer, pl_module)
@@ -163,17 +181,23 @@ class RolloutCallback(L.Callback):
         return self._last_sync_s
 
     def generate_own(
-        self, prompt_ids: list[list[int]], sampling: SamplingConfig, seeds: list[int] | None = None
+        self,
+        prompt_ids: list[list[int]],
+        sampling: SamplingConfig,
+        seeds: list[int] | None = None,
+        logprobs: bool = False,
     ) -> list[Generation]:
-        """Generations for this rank's own prompts: by its engine, or (mode rank0) by rank 0's for all."""
+        """Generations for this rank's own prompts: by its engine, or (mode rank0) by rank 0's for all;
+        with each sampled token's log-prob when ``logprobs`` (asked only then: a user's engine may not take it)."""
         rank, world = rank_and_world()
+        extra = {"logprobs": True} if logprobs else {}
         if world == 1 or self.mode == "colocate":
-            return self.engine.generate(prompt_ids, sampling, seeds)
+            return self.engine.generate(prompt_ids, sampling, seeds, **extra)
         asked = all_gather_list([(prompt_ids, seeds)])
         if rank == 0:
             flat_ids = [p for ids, _ in asked for p in ids]
             flat_seeds = None if seeds is None else [s for _, ss in asked for s in ss]
-            gens = self.engine.generate(flat_ids, sampling, flat_seeds)
+            gens = self.engine.generate(flat_ids, sampling, flat_seeds, **extra)
         answer = broadcast_from_zero(gens if rank == 0 else None)
         start = sum(len(ids) for ids, _ in asked[:rank])
         return answer[start : start + len(prompt_ids)]
@@ -181,14 +205,45 @@ class RolloutCallback(L.Callback):
     def rollout(self, trainer, pl_module, iteration: int) -> list[Rollout]:
         """Sample, score, take pi_t log-probs, hand to the datamodule, save, log. For iteration ``iteration``.
 
-        Each rank works on its share of the prompts; the scored rollouts are gathered in prompt order.
+        With ``drop_ties`` (DAPO's dynamic sampling) the prompts whose K samples all tie (every P_hat 1/2: no
+        preference, nothing to learn) are set aside and fresh prompts are sampled, up to ``max_rounds``
+        rounds, until ``prompts_per_iteration`` informative groups are in hand; if the rounds run out first,
+        tied groups fill the rest, so the iteration always trains on its full budget.
         """
         dm = trainer.datamodule
-        every = dm.next_prompts(iteration)
+        budget, rounds = dm.prompts_per_iteration, (self.max_rounds if self.drop_ties else 1)
+        kept, tied, timing = [], [], {"gen_s": None, "sync_s": 0.0, "score_s": 0.0, "ref_logps_s": 0.0}
+        for rnd in range(rounds):
+            scored = self.sample_round(trainer, pl_module, iteration, rnd, rounds, timing)
+            for r in scored:
+                (tied if self.drop_ties and is_tied(r) else kept).append(r)
+            if len(kept) >= budget:
+                break
+        rollouts = (kept + tied)[:budget]
+        dm.set_rollouts(rollouts, iteration, trainer.global_step)
+        if trainer.is_global_zero:
+            self._save(rollouts, iteration, trainer.global_step)
+        n_tokens = sum(len(t) for r in rollouts for t in r.response_ids)
+        metrics = rollout_metrics(rollouts, timing.pop("gen_s"), timing.pop("sync_s"), n_tokens) | {
+            "rollout/score_s": timing["score_s"],
+            "rollout/ref_logps_s": timing["ref_logps_s"],
+            "rollout/iteration": float(iteration),
+        }
+        if self.drop_ties:
+            sampled = len(kept) + len(tied)
+            metrics |= {"rollout/rounds": float(rnd + 1), "rollout/tied_fraction": len(tied) / sampled}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        return rollouts
+
+    def sample_round(self, trainer, pl_module, iteration: int, rnd: int, rounds: int, timing: dict):
+        """One round of the iteration's prompts, sampled, scored and with their pi_t log-probs, gathered in
+        prompt order on every rank (each rank works on its share); seconds are added to ``timing``."""
+        dm = trainer.datamodule
+        every = dm.next_prompts(iteration, rnd, rounds)
         a, b = shard_bounds(len(every), *rank_and_world())
-        prompts = every[a:b]
-        gens, gen_s, sync_s = self.generations(trainer, pl_module, iteration, every)
-        gens = gens[a:b]
+        gens, gen_s, sync_s = self.generations(trainer, pl_module, iteration, every, rnd)
+        have_logprobs = all(g.logprobs is not None for g in gens)  # alike on every rank
         rollouts = [
             Rollout(
                 p["prompt"],
@@ -199,37 +254,42 @@ class RolloutCallback(L.Callback):
                 extra={"finish": g.finish_reasons},
                 fields={k: v for k, v in p.items() if k not in ("prompt", "prompt_ids", "answer")},
             )
-            for p, g in zip(prompts, gens)
+            for p, g in zip(every[a:b], gens[a:b])
         ]
         start = time.perf_counter()
         self.oracle.score_rollouts(rollouts)
-        score_s = time.perf_counter() - start
+        timing["score_s"] += time.perf_counter() - start
         start = time.perf_counter()
+        self.reference_logps(pl_module, rollouts, gens[a:b], have_logprobs, dm.tokenizer.pad_token_id)
+        timing["ref_logps_s"] += time.perf_counter() - start
+        if gen_s is not None:
+            timing["gen_s"] = (timing["gen_s"] or 0.0) + gen_s
+        timing["sync_s"] += sync_s
+        return all_gather_list(rollouts)
+
+    @staticmethod
+    def reference_logps(pl_module, rollouts: list[Rollout], gens: list[Generation], have: bool, pad_id: int):
+        """Fill log pi_t(y | x) of every response: the engine's own log-probs of the tokens it sampled under
+        ``module.reference=engine`` (``have``: every generation carries them), else a no-grad pass of the
+        policy (or of its frozen copy, refreshed now) in the trainer's numerics."""
+        if pl_module.hparams.reference == "engine" and have:
+            for r, g in zip(rollouts, gens, strict=True):
+                r.ref_logps = summed_token_logps(g.logprobs, r.response_ids)
+            return
+        if pl_module.hparams.reference == "engine":
+            log.info("rollout: the generations carry no log-probs; pi_t log-probs from a pass of the policy")
         pl_module.refresh_reference()
-        pl_module.compute_ref_logps(rollouts, dm.tokenizer.pad_token_id)
-        logp_s = time.perf_counter() - start
-        rollouts = all_gather_list(rollouts)
-        dm.set_rollouts(rollouts, iteration, trainer.global_step)
-        if trainer.is_global_zero:
-            self._save(rollouts, iteration, trainer.global_step)
-        n_tokens = sum(len(t) for r in rollouts for t in r.response_ids)
-        metrics = rollout_metrics(rollouts, gen_s, sync_s, n_tokens) | {
-            "rollout/score_s": score_s,
-            "rollout/ref_logps_s": logp_s,
-            "rollout/iteration": float(iteration),
-        }
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-        return rollouts
+        pl_module.compute_ref_logps(rollouts, pad_id)
 
     def generations(
-        self, trainer, pl_module, iteration: int, prompts: list[dict]
+        self, trainer, pl_module, iteration: int, prompts: list[dict], rnd: int = 0
     ) -> tuple[list[Generation], float | None, float]:
-        """Every prompt's generations for iteration ``iteration`` (on every rank), with the seconds of generation
-        (None when reused) and of the sync: those saved by an earlier attempt at this iteration from the same
-        policy step, else sampled now (each rank its share) and saved before anything scores them."""
+        """Every prompt's generations for round ``rnd`` of iteration ``iteration`` (on every rank), with the
+        seconds of generation (None when reused) and of the sync: those saved by an earlier attempt at this
+        iteration from the same policy step, else sampled now (each rank its share) and saved before anything
+        scores them."""
         step = trainer.global_step
-        saved = load_generations(self.save_dir, iteration, step, [p["prompt"] for p in prompts])
+        saved = load_generations(self.save_dir, iteration, step, [p["prompt"] for p in prompts], rnd)
         if saved is not None:
             log.info(
                 "rollout: iteration %d reuses the %d generations saved at step %d",
@@ -239,10 +299,11 @@ class RolloutCallback(L.Callback):
             )
             return saved, None, 0.0
         a, b = shard_bounds(len(prompts), *rank_and_world())
-        seeds = request_seeds(self.seed, iteration, len(prompts))[a:b]
+        seeds = request_seeds(self.seed, iteration, len(prompts), start=rnd * len(prompts))[a:b]
         sync_s = self.wake_and_sync(trainer, pl_module)
         start = time.perf_counter()
-        gens = self.generate_own([p["prompt_ids"] for p in prompts[a:b]], self.sampling, seeds)
+        logprobs = pl_module.hparams.reference == "engine"
+        gens = self.generate_own([p["prompt_ids"] for p in prompts[a:b]], self.sampling, seeds, logprobs)
         gen_s = time.perf_counter() - start
         self.sleep()
         gens = all_gather_list(gens)
@@ -252,7 +313,7 @@ class RolloutCallback(L.Callback):
                 for p, g in zip(prompts, gens)
             )
             self.save_dir.mkdir(parents=True, exist_ok=True)
-            write_jsonl_atomic(self.save_dir / f"epoch_{iteration}.generated.jsonl", rows)
+            write_jsonl_atomic(self.save_dir / generated_name(iteration, rnd), rows)
         return gens, gen_s, sync_s
 
     def _save(self, rollouts: list[Rollout], iteration: int, step: int) -> None:
@@ -278,12 +339,25 @@ class RolloutCallback(L.Callback):
         write_jsonl_atomic(self.save_dir / f"epoch_{iteration}.jsonl", rows)
 
 
+def generated_name(iteration: int, rnd: int = 0) -> str:
+    """``epoch_K.generated.jsonl``; a refill round's ``epoch_K.round_R.generated.jsonl``."""
+    return (
+        f"epoch_{iteration}.generated.jsonl" if rnd == 0 else f"epoch_{iteration}.round_{rnd}.generated.jsonl"
+    )
+
+
+def is_tied(rollout: Rollout) -> bool:
+    """All K samples tie (every P_hat is 1/2): the oracle prefers none, so the group carries no preference."""
+    return max(rollout.p_hat) - min(rollout.p_hat) < 1e-9
+
+
 def load_generations(
-    save_dir: Path | None, iteration: int, step: int, prompts: list[str]
+    save_dir: Path | None, iteration: int, step: int, prompts: list[str], rnd: int = 0
 ) -> list[Generation] | None:
-    """The generations saved for iteration ``iteration`` (``epoch_K.generated.jsonl``) if they were sampled by the
-    policy of global step ``step`` for exactly these prompts, else None. Every rank reads the same file."""
-    path = None if save_dir is None else save_dir / f"epoch_{iteration}.generated.jsonl"
+    """The generations saved for round ``rnd`` of iteration ``iteration`` (:func:`generated_name`) if they were
+    sampled by the policy of global step ``step`` for exactly these prompts, else None. Every rank reads the
+    same file."""
+    path = None if save_dir is None else save_dir / generated_name(iteration, rnd)
     if path is None or not path.is_file():
         return None
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -17,6 +17,12 @@ def default_precision(accelerator: str = "auto") -> str:
     return "bf16-mixed" if _on_gpu(accelerator) else "32-true"
 
 
+def default_reference(accelerator: str = "auto") -> str:
+    """``module.reference`` unless set: on CPU the engine's own log-probs of the tokens it sampled (it computes
+    in float32 like the trainer); on a GPU a pass of the policy, whose bf16 numerics the engine's differ from."""
+    return "precompute" if _on_gpu(accelerator) else "engine"
+
+
 def engine_dtype(precision: str | int, model_dtype: str, accelerator: str = "auto") -> str:
     """The rollout engine's dtype: on a GPU, the training precision's compute dtype (bf16 under ``bf16-mixed``,
     as verl and TRL roll out), so samples come from the numerics the policy trains in; the model's own
@@ -36,7 +42,7 @@ def best_attention(accelerator: str = "auto") -> str:
 
 def register_resolvers() -> None:
     """``${project_root:}``, ``${sum:a,b}``, ``${not_env:NAME}`` (True when NAME is unset or empty),
-    ``${default_precision:accelerator}``, ``${engine_dtype:precision,model_dtype,accelerator}``,
+    ``${default_precision:accelerator}``, ``${default_reference:accelerator}``, ``${engine_dtype:precision,model_dtype,accelerator}``,
     ``${best_attention:accelerator}``, ``${rollout_mode:devices,accelerator}``,
     ``${steps_per_iteration:prompts,batch,accumulate,devices,nodes}``, ``${run_name:}`` (a unique run folder
     name, :func:`sppo_pl.rundir.run_name`)."""
@@ -47,6 +53,7 @@ def register_resolvers() -> None:
         "sum": lambda *xs: sum(xs),
         "not_env": lambda name: not os.environ.get(name),
         "default_precision": default_precision,
+        "default_reference": default_reference,
         "engine_dtype": engine_dtype,
         "best_attention": best_attention,
         "rollout_mode": rollout_mode,
@@ -115,29 +122,29 @@ def check_loss(cfg: DictConfig, loss) -> None:
 
 
 def check_batches(cfg: DictConfig) -> None:
-    """``data.prompts_per_epoch`` splits evenly over the ranks (``trainer.devices`` x ``trainer.num_nodes``),
+    """``data.prompts_per_iteration`` splits evenly over the ranks (``trainer.devices`` x ``trainer.num_nodes``),
     and each rank's share of an iteration's rollouts fills at least one ``data.batch_size`` batch (a larger
     batch would silently train on one short batch per iteration)."""
     data = cfg.data
-    for key in ("prompts_per_epoch", "batch_size", "val_batch_size"):
+    for key in ("prompts_per_iteration", "batch_size", "val_batch_size"):
         value = data.get(key, 1)
         if not _whole(value) or value < 1:
             raise ValueError(f"data.{key} must be a whole number >= 1, got {value!r}")
-    per_epoch, batch = data.get("prompts_per_epoch"), data.get("batch_size")
-    if per_epoch is None or batch is None:
+    per_iteration, batch = data.get("prompts_per_iteration"), data.get("batch_size")
+    if per_iteration is None or batch is None:
         return
     world, ranks = world_size(cfg.trainer)
-    if per_epoch % world:
+    if per_iteration % world:
         raise ValueError(
-            f"data.prompts_per_epoch={per_epoch} must be a multiple of the number of ranks, {world} ({ranks}): "
+            f"data.prompts_per_iteration={per_iteration} must be a multiple of the number of ranks, {world} ({ranks}): "
             "every rank trains on the same share of an iteration's prompts"
         )
-    share = per_epoch // world
+    share = per_iteration // world
     if batch > share:
         raise ValueError(
             f"data.batch_size={batch} is larger than the {share} rollouts each rank trains on per iteration "
-            f"(data.prompts_per_epoch={per_epoch} over {world} rank{'s' if world > 1 else ''}): every "
-            f"iteration would be one short batch; use data.batch_size <= {share} or more data.prompts_per_epoch"
+            f"(data.prompts_per_iteration={per_iteration} over {world} rank{'s' if world > 1 else ''}): every "
+            f"iteration would be one short batch; use data.batch_size <= {share} or more data.prompts_per_iteration"
         )
 
 

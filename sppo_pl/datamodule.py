@@ -35,7 +35,7 @@ class SPPODataModule(L.LightningDataModule):
         prompt_key: str = "prompt",
         answer_key: str | None = "answer",
         system_prompt: str | None = None,
-        prompts_per_epoch: int = 64,
+        prompts_per_iteration: int = 64,
         batch_size: int = 8,
         val_batch_size: int = 64,
         max_prompt_len: int = 256,
@@ -45,8 +45,10 @@ class SPPODataModule(L.LightningDataModule):
         drop_overlong: bool = False,
     ):
         super().__init__()
-        if prompts_per_epoch < 1 or batch_size < 1 or val_batch_size < 1:
-            raise ValueError("data.prompts_per_epoch, data.batch_size and data.val_batch_size must be >= 1")
+        if prompts_per_iteration < 1 or batch_size < 1 or val_batch_size < 1:
+            raise ValueError(
+                "data.prompts_per_iteration, data.batch_size and data.val_batch_size must be >= 1"
+            )
         self.fields, self.drop_overlong = list(fields or []), drop_overlong
         reserved = {"prompt", "prompt_ids", "answer"} & set(self.fields)
         if reserved:
@@ -54,8 +56,8 @@ class SPPODataModule(L.LightningDataModule):
         self.dataset = dataset
         self.tokenizer = tokenizer
         self.prompt_key, self.answer_key, self.system_prompt = prompt_key, answer_key, system_prompt
-        self.prompts_per_epoch, self.batch_size, self.val_batch_size = (
-            prompts_per_epoch,
+        self.prompts_per_iteration, self.batch_size, self.val_batch_size = (
+            prompts_per_iteration,
             batch_size,
             val_batch_size,
         )
@@ -152,11 +154,15 @@ class SPPODataModule(L.LightningDataModule):
     def _fields(self, row: dict) -> dict:
         return {k: row[k] for k in self.fields}
 
-    def next_prompts(self, iteration: int) -> list[dict]:
-        """The prompts of self-play iteration ``iteration``: seeded passes over the train split, wrapping around."""
-        total = len(self.train_prompts)
+    def next_prompts(self, iteration: int, round: int = 0, rounds: int = 1) -> list[dict]:
+        """The ``prompts_per_iteration`` prompts of self-play iteration ``iteration``: seeded passes over the train
+        split, wrapping around. With refills (``rounds`` > 1, ``rollout.drop_ties``) each iteration owns
+        ``rounds`` such blocks and round ``round`` reads its own; the blocks a round does not need are passed
+        over, so a resumed run reads exactly what an uninterrupted one did, with no state to save."""
+        total, n = len(self.train_prompts), self.prompts_per_iteration
+        first = (iteration * rounds + round) * n
         picked = []
-        for i in range(iteration * self.prompts_per_epoch, (iteration + 1) * self.prompts_per_epoch):
+        for i in range(first, first + n):
             cycle, pos = divmod(i, total)
             picked.append(self.train_prompts[_permutation(self.seed, cycle, total)[pos]])
         return picked
@@ -182,7 +188,7 @@ class SPPODataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Batches of the iteration's rollouts. Lightning builds this loader before ``on_train_epoch_start``, where
-        the rollout callback makes them: its dataset has the iteration's length (``prompts_per_epoch`` prompt
+        the rollout callback makes them: its dataset has the iteration's length (``prompts_per_iteration`` prompt
         groups) from the start and reads the rollouts only when a batch is drawn."""
         iteration = (
             _iteration_to_train(self.trainer) if self.trainer is not None else max(self.rollout_iteration, 0)
@@ -249,13 +255,13 @@ def _is_nan(value: Any) -> bool:
 
 class IterationRollouts(torch.utils.data.Dataset):
     """The rollouts of iteration ``iteration`` as the data module holds them when a batch is drawn; its length,
-    ``prompts_per_epoch``, is known before they are made."""
+    ``prompts_per_iteration``, is known before they are made."""
 
     def __init__(self, dm: SPPODataModule, iteration: int):
         self.dm, self.iteration = dm, iteration
 
     def __len__(self) -> int:
-        return self.dm.prompts_per_epoch
+        return self.dm.prompts_per_iteration
 
     def __getitem__(self, i: int) -> Rollout:
         if self.dm.rollout_iteration != self.iteration or len(self.dm.rollouts) != len(self):

@@ -54,3 +54,12 @@ def sequence_logps(
     logits = out.logits[:, :-1]
     labels = input_ids[:, -r:]
     return masked_sum(token_logps(logits, labels), response_mask)
+
+
+def summed_token_logps(token_logps: list[list[float]], response_ids: list[list[int]]) -> list[float]:
+    """log pi(y | x) = sum_t log pi(y_t | x, y_<t) of each response, from an engine's per-token log-probs:
+    K lists of T_k floats -> K floats. Each list must have one entry per response token (``response_ids``)."""
+    for k, (lps, ids) in enumerate(zip(token_logps, response_ids, strict=True)):
+        if len(lps) != len(ids):
+            raise ValueError(f"response {k} has {len(ids)} tokens but {len(lps)} engine log-probs")
+    return [float(sum(lps)) for lps in token_logps]

@@ -16,14 +16,21 @@ from sppo_pl.distributed import fsdp1_root_gathered, full_named_weights, is_shar
 from sppo_pl.logprobs import sequence_logps
 from sppo_pl.types import Rollout
 
+# Where log pi_t(y | x) comes from: the sampling engine's own log-probs of the tokens it drew ("engine", no extra
+# pass), a no-grad pass of the policy right after sampling ("precompute"), or a held frozen copy ("model").
+REFERENCES = ("engine", "precompute", "model")
+
 
 class SPPOModule(L.LightningModule):
     """Holds the policy (a Hugging Face causal LM) and trains it with a loss from :mod:`sppo_pl.losses`.
 
-    pi_t is the policy at the moment the rollouts were sampled. With ``reference="precompute"`` (default)
-    its log-probs are taken once, with a no-grad pass of the policy right after sampling, and no second
-    copy of the model is held. ``reference="model"`` keeps a frozen copy that is refreshed to the policy at
-    every rollout (:meth:`refresh_reference`), for users who want a separate module.
+    pi_t is the policy at the moment the rollouts were sampled. With ``reference="engine"`` its log-probs
+    are the ones the engine returned for the tokens it sampled, after the policy's weights were synced into
+    it: no extra pass (the CPU default; engine and trainer compute in float32 there). With
+    ``reference="precompute"`` (the GPU default, where the engine samples in bf16) they are taken once, with
+    a no-grad pass of the policy right after sampling in the trainer's numerics. ``reference="model"`` keeps
+    a frozen copy that is refreshed to the policy at every rollout (:meth:`refresh_reference`). None of them
+    holds a second copy of the model but the last.
     """
 
     def __init__(
@@ -40,8 +47,8 @@ class SPPOModule(L.LightningModule):
         reshard_after_forward: bool = True,
     ):
         super().__init__()
-        if reference not in ("precompute", "model"):
-            raise ValueError(f"module.reference must be 'precompute' or 'model', got {reference!r}")
+        if reference not in REFERENCES:
+            raise ValueError(f"module.reference must be one of {REFERENCES}, got {reference!r}")
         self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"])
         self.loss_fn = loss
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-6)

@@ -129,6 +129,7 @@ def test_answers_are_needed_by_every_verifier_and_a_mix_with_one(tmp_path, tiny_
     for name in options("reward"):
         extra = {
             "pairwise": ["reward.oracle.model_path=x"],
+            "pairrm": ["reward.oracle.model_path=x"],
             "reward_model": ["reward.oracle.model_path=x"],
         }.get(name, [])
         reward = make_cfg(tmp_path, [f"reward={name}", *extra]).reward

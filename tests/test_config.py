@@ -54,6 +54,7 @@ def test_every_rollout_option_instantiates(tmp_path, name):
 REQUIRED = {
     "reward=pairwise": ["reward.oracle.model_path=/models/pairwise"],
     "reward=reward_model": ["reward.oracle.model_path=/models/rm"],
+    "reward=pairrm": ["reward.oracle.model_path=/models/PairRM"],
     "reward=custom": ["reward.oracle={_target_: sppo_pl.rewards.math.MathVerifier}"],
 }
 
@@ -239,7 +240,7 @@ def test_verl_math_recipe_instantiates_with_its_settings(tmp_path, tiny_tokenize
     assert lrs[0] == 0 and lrs[14] < 1e-6 and lrs[15] == lrs[16] == pytest.approx(1e-6)  # 15 warmup steps
     assert (trainer.num_devices, trainer.accumulate_grad_batches, trainer.max_epochs) == (4, 8, 140)
     assert type(trainer.strategy).__name__ == "ModelParallelStrategy" and trainer.gradient_clip_val == 1.0
-    assert cfg.data.batch_size * 4 * 8 == 256 and cfg.data.prompts_per_epoch == 1024
+    assert cfg.data.batch_size * 4 * 8 == 256 and cfg.data.prompts_per_iteration == 1024
     assert len(got["dm"].val_prompts) == 2 and got["dm"].fields == ["level", "type"]  # the whole test split
 
 
@@ -247,7 +248,6 @@ def test_uclaml_recipe_instantiates_with_its_settings(tmp_path, tiny_tokenizer):
     source = samples.write_ultrafeedback(tmp_path / "uf")
     overrides = [
         "experiment=uclaml_ultrafeedback_mistral7b",
-        "reward.oracle.model_path=/models/pairwise",
         f"data.dataset.path={source}",
         "data.dataset.test_size=2",
     ]
@@ -255,8 +255,12 @@ def test_uclaml_recipe_instantiates_with_its_settings(tmp_path, tiny_tokenizer):
     cfg, trainer, reward = got["cfg"], got["trainer"], got["reward"]
     assert cfg.model.prepare.repo_id == "mistralai/Mistral-7B-Instruct-v0.2"
     assert type(got["loss"]).__name__ == "SPPOPairLoss" and got["loss"].eta == 1000.0
-    assert type(reward.oracle).__name__ == "PairwiseOracle" and reward.oracle.mode == "joint"
-    assert reward.include_self
+    assert type(reward.oracle).__name__ == "PairRMOracle" and reward.oracle.mode == "joint"
+    assert reward.include_self and reward.oracle.model.max_prompt_tokens == 1224
+    assert reward.oracle.model.max_response_tokens == 412
+    # the original oracle itself, fetched once into paths.models_dir before anything loads
+    assert cfg.prepare.oracle.repo_id == "llm-blender/PairRM"
+    assert cfg.prepare.oracle.out == cfg.reward.oracle.model_path == f"{cfg.paths.models_dir}/PairRM"
     s = got["rollout"].sampling
     assert (s.n, s.temperature, s.top_p) == (5, 0.7, 0.9)
     assert type(got["opt"]).__name__ == "RMSprop" and got["opt"].param_groups[0]["weight_decay"] == 0.0
@@ -266,5 +270,3 @@ def test_uclaml_recipe_instantiates_with_its_settings(tmp_path, tiny_tokenizer):
     assert got["opt"].param_groups[0]["lr"] == pytest.approx(5e-7 / 32)  # warmup: 32 steps (10% of 313)
     assert (trainer.num_devices, trainer.max_epochs, cfg.data.batch_size * 8) == (8, 3, 64)
     assert cfg.optimized_metric == "val/win_rate"
-    with pytest.raises(Exception, match="model_path"):
-        instantiate(make_cfg(tmp_path, ["experiment=uclaml_ultrafeedback_mistral7b"]).reward)

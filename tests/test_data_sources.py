@@ -81,7 +81,9 @@ def test_local_chat_messages_go_through_the_chat_template(tmp_path, tiny_tokeniz
     ]
     train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": messages, "answer": "4"}] * 3)
     test = write_jsonl(tmp_path / "test.jsonl", [{"prompt": "What is 1 + 1?", "answer": 2}])
-    dm = SPPODataModule(local_splits(str(train), str(test)), tokenizer=tiny_tokenizer, prompts_per_epoch=3)
+    dm = SPPODataModule(
+        local_splits(str(train), str(test)), tokenizer=tiny_tokenizer, prompts_per_iteration=3
+    )
     dm.setup("fit")
     row = dm.train_prompts[0]
     want = tiny_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

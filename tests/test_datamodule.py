@@ -58,7 +58,7 @@ def test_collate_layout_by_hand():
 
 def test_next_prompts_cover_the_split_then_wrap(tiny_tokenizer):
     prompts = [f"What is {i} + 1?" for i in range(10)]
-    dm = _dm(tiny_tokenizer, prompts, prompts_per_epoch=4, seed=3)
+    dm = _dm(tiny_tokenizer, prompts, prompts_per_iteration=4, seed=3)
     e0, e1, e2 = (dm.next_prompts(e) for e in range(3))
     seen = [p["prompt"] for p in e0 + e1] + [e2[0]["prompt"], e2[1]["prompt"]]
     assert sorted(seen) == sorted(prompts)  # first pass: every prompt once
@@ -83,7 +83,7 @@ def test_bad_rows_name_split_row_and_field(tiny_tokenizer):
 def test_train_dataloader_needs_rollouts(tiny_tokenizer):
     dm = _dm(tiny_tokenizer, ["What is 1 + 1?"])
     loader = dm.train_dataloader()  # built before the rollout callback fills it at the epoch's start
-    assert len(loader.dataset) == dm.prompts_per_epoch
+    assert len(loader.dataset) == dm.prompts_per_iteration
     with pytest.raises(
         RuntimeError, match="no rollouts for iteration 0 .* makes them at the start of each iteration"
     ):
@@ -106,7 +106,7 @@ def test_named_fields_travel_with_every_prompt(tiny_tokenizer):
         train=Dataset.from_dict({"prompt": ["a?", "b?"], "answer": ["1", "2"], "level": [3, 5]}),
         test=Dataset.from_dict({"prompt": ["c?"], "answer": ["3"], "level": [1]}),
     )
-    dm = SPPODataModule(ds, tokenizer=tiny_tokenizer, fields=["level"], prompts_per_epoch=2)
+    dm = SPPODataModule(ds, tokenizer=tiny_tokenizer, fields=["level"], prompts_per_iteration=2)
     dm.setup("fit")
     assert sorted(p["level"] for p in dm.next_prompts(0)) == [3, 5]
     batch = next(iter(dm.val_dataloader()))

@@ -69,3 +69,25 @@ def test_waking_hands_pytorchs_cached_memory_back_first(monkeypatch):
     engine.wake_up(None)
     assert calls == ["empty_cache", ("wake_up", ["weights"]), "empty_cache", ("wake_up", ["kv_cache"])]
     assert engine.asleep == set()
+
+
+def test_the_engine_is_shut_down_when_fitting_ends_and_kept_after_a_validation():
+    """A sweep runs its jobs in one process: each fit hands its engine's memory back (vLLM's engine core is
+    shut down) instead of keeping it until the process exits."""
+    from callbacks.rollout import RolloutCallback
+    from sppo_pl.rollout.vllm_engine import VLLMEngine
+
+    calls = []
+
+    class Core:
+        def shutdown(self):
+            calls.append("shutdown")
+
+    engine = VLLMEngine.__new__(VLLMEngine)  # the class's own close(), over a stand-in for vllm.LLM
+    engine.llm = type("LLM", (), {"llm_engine": type("E", (), {"engine_core": Core()})()})()
+    cb = RolloutCallback(engine=lambda: engine, sampling={"n": 2}, oracle=object())
+    cb.engine = engine
+    cb.teardown(None, None, stage="validate")
+    assert cb.engine is engine and calls == []
+    cb.teardown(None, None, stage="fit")
+    assert cb.engine is None and calls == ["shutdown"] and engine.llm is None

@@ -61,8 +61,9 @@ def test_pair_logit_matrix_averages_both_orders_by_hand():
     p = pairwise_preference(m)
     assert p[0, 1].item() == pytest.approx(sig(2.0)) and p[2, 0].item() == pytest.approx(sig(1.0))
     torch.testing.assert_close(p + p.T, torch.ones(3, 3, dtype=torch.float64))
-    # s_i = mean_{j != i} L[i, j]: (2 - 1)/2, (-2 - 0.5)/2, (1 + 0.5)/2
-    torch.testing.assert_close(joint_scores(m), torch.tensor([0.5, -1.25, 0.75], dtype=torch.float64))
+    # llm-blender's s_i = (1/K) sum_j (M[i, j] - M[j, i]) over the one-order logits M = [[0, 1, 2], [-3, 0, 0],
+    # [4, 1, 0]]: (4 - 2)/3, (-4 - 1)/3, (2 + 1)/3; the same as (2/K) sum_j L[i, j]
+    torch.testing.assert_close(joint_scores(m), torch.tensor([2 / 3, -5 / 3, 1.0], dtype=torch.float64))
 
 
 def test_pair_logit_matrix_one_order_and_batched():

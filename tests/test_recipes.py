@@ -45,7 +45,10 @@ def test_verl_math_twin(tmp_path):
 def test_uclaml_ultrafeedback_twin_and_its_evaluation(tmp_path):
     run_train(tmp_path, "experiment=uclaml_ultrafeedback_tiny")
     run = only_run_dir(tmp_path, "uclaml_ultrafeedback_tiny")
-    assert (tmp_path / "models" / "tiny-pairwise" / "config.json").exists()  # built by prepare.oracle
+    assert (
+        tmp_path / "models" / "tiny-pairrm" / "model.safetensors"
+    ).exists()  # built by prepare.tiny_oracle
+    assert "sppo_pl.rewards.pairrm.PairRMOracle" in (run / "config_resolved.yaml").read_text()
     for epoch in (0, 1, 2):
         rows = _rollouts(run, epoch)
         assert len(rows) == 4 and all(len(r["responses"]) == 5 and r["answer"] is None for r in rows)

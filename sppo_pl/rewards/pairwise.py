@@ -23,6 +23,13 @@ from sppo_pl.rewards.preference import (
 from sppo_pl.types import Rollout
 
 
+def check_mode(mode: str) -> str:
+    """``reward.oracle.mode``: ``pairs`` or ``joint``."""
+    if mode not in ("pairs", "joint"):
+        raise ValueError(f"reward.oracle.mode must be 'pairs' or 'joint', got {mode!r}")
+    return mode
+
+
 class PairwiseOracle(ClassifierOracle):
     """A model that reads ``(prompt, response_a, response_b)`` and returns the log-odds l(a, b) that a wins.
 
@@ -51,8 +58,7 @@ class PairwiseOracle(ClassifierOracle):
         dtype: str = "float32",
         device: str | None = None,
     ):
-        if mode not in ("pairs", "joint"):
-            raise ValueError(f"reward.oracle.mode must be 'pairs' or 'joint', got {mode!r}")
+        check_mode(mode)
         if len(markers) != 3:
             raise ValueError(
                 f"reward.oracle.markers must be 3 strings (source, candidate 1, candidate 2), got {markers}"

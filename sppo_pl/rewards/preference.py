@@ -116,14 +116,15 @@ def pairwise_preference(logit_matrix: Tensor) -> Tensor:
 
 
 def joint_scores(logit_matrix: Tensor) -> Tensor:
-    """PairRM-style candidate scores from a log-odds matrix: s_i = mean_{j != i} L[i, j], [..., K, K] -> [..., K].
+    """PairRM's ranking scores from a log-odds matrix: s_i = (2/K) sum_j L[i, j], [..., K, K] -> [..., K].
 
-    This is the ranking aggregate the original uclaml/SPPO fed into sigmoid(s_i - s_j) (llm-blender's
-    ``rank(..., return_scores=True)``): unlike :func:`pairwise_preference`, sigmoid(s_i - s_j) then depends
-    on every other candidate in the group, not only on y_i and y_j.
+    With both orders judged, L = (M - M^T) / 2 for the one-order logits M[i, j] = l(y_i, y_j), so s_i =
+    (1/K) sum_j (M[i, j] - M[j, i]), the diagonal counted as 0: llm-blender's ``rank(..., return_scores=True)``
+    (``get_scores_from_cmps``), which uclaml/SPPO fed into sigmoid(s_i - s_j). Unlike
+    :func:`pairwise_preference`, sigmoid(s_i - s_j) then depends on every other candidate in the group.
     """
     k = _check_square(logit_matrix, min_k=2)
-    return logit_matrix.sum(dim=-1) / (k - 1)
+    return 2 * logit_matrix.sum(dim=-1) / k
 
 
 def weighted_mean(values: Tensor, weights: list[float]) -> Tensor:

@@ -41,10 +41,16 @@ class RolloutEngine(Protocol):
     """What the rollout callback needs from a generation backend."""
 
     def generate(
-        self, prompt_ids: list[list[int]], sampling: SamplingConfig, seeds: list[int] | None = None
+        self,
+        prompt_ids: list[list[int]],
+        sampling: SamplingConfig,
+        seeds: list[int] | None = None,
+        logprobs: bool = False,
     ) -> list[Generation]:
         """Sample ``sampling.n`` responses for each prompt (token ids, no padding). ``seeds``, one per
-        prompt, make each prompt's samples independent of the batch and of the engine's history."""
+        prompt, make each prompt's samples independent of the batch and of the engine's history.
+        ``logprobs``: also each sampled token's log-prob under the engine's weights, before temperature and
+        top-p (``module.reference=engine`` takes log pi_t from them); an engine that cannot leaves them None."""
         ...
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -58,7 +64,7 @@ class PeerEngine:
     It drains every weight stream, so the gathers of sharded parameters line up with the generating rank.
     """
 
-    def generate(self, prompt_ids, sampling, seeds=None) -> list[Generation]:
+    def generate(self, prompt_ids, sampling, seeds=None, logprobs=False) -> list[Generation]:
         raise RuntimeError("this rank has no rollout engine (rollout.mode=rank0): rank 0 generates")
 
     def sync_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -86,8 +92,9 @@ def _real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def request_seeds(seed: int, iteration: int, n: int) -> list[int]:
+def request_seeds(seed: int, iteration: int, n: int, start: int = 0) -> list[int]:
     """One sampling seed per prompt of iteration ``iteration``: fixed by (seed, iteration, position), so a resumed
-    run, or a run on another number of ranks, samples exactly what an uninterrupted one would."""
-    base = (seed * 1_000_003 + iteration) * 1_000_003
+    run, or a run on another number of ranks, samples exactly what an uninterrupted one would. ``start``: the
+    position of the first prompt (a refill round's prompts come after the earlier rounds')."""
+    base = (seed * 1_000_003 + iteration) * 1_000_003 + start
     return [(base + i) % 2**31 for i in range(n)]

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from sppo_pl.distributed import drain
+from sppo_pl.logprobs import token_logps
 from sppo_pl.rollout.base import Generation, SamplingConfig
 
 
@@ -52,9 +53,14 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(
-        self, prompt_ids: list[list[int]], sampling: SamplingConfig, seeds: list[int] | None = None
+        self,
+        prompt_ids: list[list[int]],
+        sampling: SamplingConfig,
+        seeds: list[int] | None = None,
+        logprobs: bool = False,
     ) -> list[Generation]:
-        """Batches of ``batch_size`` prompts; each batch sampled under its first prompt's seed."""
+        """Batches of ``batch_size`` prompts; each batch sampled under its first prompt's seed. ``logprobs``:
+        each sampled token's log-prob from the model's raw logits (before temperature and top-p)."""
         model = self.model
         was_training = model.training
         model.eval()
@@ -64,12 +70,15 @@ class HFEngine:
                 with torch.random.fork_rng(devices=[]):
                     if seeds is not None:
                         torch.manual_seed(seeds[s])
-                    out.extend(self._generate_batch(model, prompt_ids[s : s + self.batch_size], sampling))
+                    batch = prompt_ids[s : s + self.batch_size]
+                    out.extend(self._generate_batch(model, batch, sampling, logprobs))
         finally:
             model.train(was_training)
         return out
 
-    def _generate_batch(self, model, batch: list[list[int]], sampling: SamplingConfig) -> list[Generation]:
+    def _generate_batch(
+        self, model, batch: list[list[int]], sampling: SamplingConfig, logprobs: bool = False
+    ) -> list[Generation]:
         pad = self.tokenizer.pad_token_id
         eos = _eos_ids(model, self.tokenizer)
         width = max(len(p) for p in batch)
@@ -77,7 +86,7 @@ class HFEngine:
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
         greedy = sampling.temperature == 0
-        seqs = model.generate(
+        out = model.generate(
             input_ids=ids,
             attention_mask=mask,
             do_sample=not greedy,
@@ -90,15 +99,22 @@ class HFEngine:
             pad_token_id=pad,
             # sharded policy: every rank runs forward passes until all ranks are done
             synced_gpus=dist.is_initialized() and dist.get_world_size() > 1,
-        )[:, width:].tolist()
+            return_dict_in_generate=True,
+            output_logits=logprobs,
+        )
+        new = out.sequences[:, width:]
+        token_lps = token_logps(torch.stack(out.logits, dim=1), new).tolist() if logprobs else None
+        new = new.tolist()
         gens = []
         for i in range(len(batch)):
-            rows = [_trim(r, eos, pad) for r in seqs[i * sampling.n : (i + 1) * sampling.n]]
+            span = range(i * sampling.n, (i + 1) * sampling.n)
+            rows = [_trim(new[j], eos, pad) for j in span]
             gens.append(
                 Generation(
                     token_ids=[r for r, _ in rows],
                     texts=self.tokenizer.batch_decode([r for r, _ in rows], skip_special_tokens=True),
                     finish_reasons=[f for _, f in rows],
+                    logprobs=[token_lps[j][: len(r)] for j, (r, _) in zip(span, rows)] if logprobs else None,
                 )
             )
         return gens

@@ -149,6 +149,14 @@ class VLLMEngine:
         self.asleep = {"weights", "kv_cache"}
         self.weights_dropped = self.sleep_level == 2
 
+    def close(self) -> None:
+        """Shut the engine down, handing back its KV cache and weights: the run no longer generates. Without
+        it each run of a sweep (one process, one Hydra job after another) kept its engine's memory."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        self.llm = None
+
     def wake_up(self, tags: list[str] | None = None) -> None:
         """Take back the memory of ``tags`` ("weights", "kv_cache"; all when None) if it was released.
         Waking the weights first, syncing, then waking the KV cache keeps the peak lowest."""

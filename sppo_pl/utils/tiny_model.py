@@ -121,6 +121,20 @@ def build_tiny_classifier(
     return _save(out, model, tokenizer, spec)
 
 
+def build_tiny_pairrm(out: str | Path, seed: int = 0, models_dir: str | Path | None = None) -> Path:
+    """Create (once) and return a directory holding a random tiny PairRM in llm-blender/PairRM-hf's layout
+    (:func:`sppo_pl.rewards.pairrm.build_tiny_pairrm`): the CPU twin's stand-in for ``llm-blender/PairRM``.
+    With ``models_dir``, a model to build must lie under it."""
+    from sppo_pl.rewards import pairrm
+
+    out = Path(out)
+    spec = {"kind": "pairrm", "seed": seed}
+    if _cached(out, spec):
+        return out
+    check_target(out, models_dir)
+    return _publish(out, lambda tmp: pairrm.build_tiny_pairrm(tmp, seed), spec)
+
+
 def _llama_config(tokenizer, hidden: int, layers: int, heads: int, ctx: int, init: float, **extra):
     """A small Llama config over ``tokenizer`` (EOS ends turns, its own pad token, no BOS)."""
     from transformers import LlamaConfig
@@ -158,10 +172,19 @@ def _cached(out: Path, spec: dict) -> bool:
 
 def _save(out: Path, model, tokenizer, spec: dict) -> Path:
     """Write model, tokenizer and spec stamp to a temporary sibling, then move it into place."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return _publish(out, write, spec)
+
+
+def _publish(out: Path, write, spec: dict) -> Path:
+    """``write(tmp)`` into a temporary sibling of ``out``, stamp it with ``spec``, then move it into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    write(tmp)
     (tmp / "sppo_tiny.json").write_text(json.dumps(spec))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

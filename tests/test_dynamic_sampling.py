@@ -1,0 +1,105 @@
+"""DAPO's dynamic sampling (``rollout.drop_ties``): prompts whose K samples all tie are set aside and fresh
+prompts refill the iteration, by hand and through ``train.py``."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import pytest
+
+from callbacks.rollout import is_tied
+from sppo_pl.rollout.base import request_seeds
+from sppo_pl.types import Rollout
+from tests.test_train_cli import only_run_dir, read_metrics, run_train
+
+
+def test_a_group_ties_when_every_p_hat_is_one_half():
+    assert is_tied(Rollout("q", [], ["a", "b"], [[], []], p_hat=[0.5, 0.5]))
+    assert not is_tied(Rollout("q", [], ["a", "b"], [[], []], p_hat=[0.75, 0.25]))
+
+
+def test_refill_rounds_read_their_own_prompts_and_seeds(tiny_tokenizer):
+    from datasets import Dataset, DatasetDict
+
+    from sppo_pl.datamodule import SPPODataModule
+
+    rows = {"prompt": [f"What is {i} + 1?" for i in range(40)], "answer": [str(i + 1) for i in range(40)]}
+    ds = DatasetDict(
+        train=Dataset.from_dict(rows), test=Dataset.from_dict({"prompt": ["x?"], "answer": ["1"]})
+    )
+    dm = SPPODataModule(ds, tokenizer=tiny_tokenizer, prompts_per_iteration=4, seed=3)
+    dm.setup("fit")
+    ask = lambda *a: [p["prompt"] for p in dm.next_prompts(*a)]  # noqa: E731
+    assert ask(1) == ask(1, 0, 1)  # without refills, as before
+    blocks = [ask(1, r, 3) for r in range(3)]
+    assert len({p for b in blocks for p in b}) == 12  # three disjoint blocks of fresh prompts
+    assert blocks[0] == ask(3)  # iteration 1 with 3 rounds owns blocks 3, 4, 5 of the stream
+    assert request_seeds(0, 2, 4, start=4) == request_seeds(0, 2, 8)[4:]  # round 1's seeds follow round 0's
+
+
+def half_tied(prompts, responses, **fields):
+    """Scores that tie for about half the prompts (all 0), and differ between responses for the others."""
+    return [
+        float(zlib.crc32(y.encode()) % 997) if zlib.crc32(x.encode()) % 2 else 0.0
+        for x, y in zip(prompts, responses)
+    ]
+
+
+@pytest.mark.slow
+def test_tied_groups_are_replaced_by_fresh_prompts_up_to_the_budget(tmp_path):
+    run_train(
+        tmp_path,
+        "experiment=smoke",
+        "trainer.max_epochs=1",
+        "reward=function",
+        f"reward.oracle.fn={__name__}.half_tied",
+        "rollout.drop_ties=true",
+        "rollout.max_rounds=3",
+        "task_name=dyn",
+    )
+    run = only_run_dir(tmp_path, "dyn")
+    kept = [json.loads(x) for x in (run / "rollouts/epoch_0.jsonl").read_text().splitlines()]
+    rounds = [
+        [json.loads(x) for x in p.read_text().splitlines()]
+        for p in sorted((run / "rollouts").glob("epoch_0*.generated.jsonl"))
+    ]
+    sampled = [r["prompt"] for rows in rounds for r in rows]
+    tied = [p for p in sampled if zlib.crc32(p.encode()) % 2 == 0]
+    assert len(rounds) >= 2 and tied  # the first round had tied prompts, so a refill round ran
+    assert len(kept) == len(rounds[0])  # the iteration's budget, data.prompts_per_iteration
+    assert all(not is_tied_row(r) for r in kept) and all(r["prompt"] in sampled for r in kept)
+    row = next(r for r in read_metrics(run) if r.get("rollout/rounds"))
+    assert float(row["rollout/rounds"]) == len(rounds)
+    assert float(row["rollout/tied_fraction"]) == pytest.approx(len(tied) / len(sampled))
+
+
+def indifferent(prompts, responses, **fields):
+    """The same score for every response."""
+    return [0.0] * len(responses)
+
+
+def is_tied_row(row: dict) -> bool:
+    return max(row["p_hat"]) - min(row["p_hat"]) < 1e-9
+
+
+@pytest.mark.slow
+def test_when_the_rounds_run_out_tied_groups_fill_the_budget(tmp_path):
+    """An oracle that scores every response alike: every group ties, in every round."""
+    run_train(
+        tmp_path,
+        "experiment=smoke",
+        "trainer.max_epochs=1",
+        "reward=function",
+        f"reward.oracle.fn={__name__}.indifferent",
+        "rollout.drop_ties=true",
+        "rollout.max_rounds=2",
+        "task_name=dyn_out",
+    )
+    run = only_run_dir(tmp_path, "dyn_out")
+    kept = [json.loads(x) for x in (run / "rollouts/epoch_0.jsonl").read_text().splitlines()]
+    first = [json.loads(x) for x in (run / "rollouts/epoch_0.generated.jsonl").read_text().splitlines()]
+    assert (run / "rollouts/epoch_0.round_1.generated.jsonl").exists()
+    assert [r["prompt"] for r in kept] == [r["prompt"] for r in first]  # the first round's, in order
+    row = next(r for r in read_metrics(run) if r.get("rollout/rounds"))
+    assert (float(row["rollout/rounds"]), float(row["rollout/tied_fraction"])) == (2.0, 1.0)

@@ -1,0 +1,75 @@
+"""module.reference=engine: log pi_t from the sampling engine's own log-probs, checked against a pass of the
+policy (the precompute path) on CPU, for vLLM and Hugging Face generate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sppo_pl.datamodule import encode_prompt
+from sppo_pl.logprobs import summed_token_logps
+from sppo_pl.losses import SPPOLoss
+from sppo_pl.module import SPPOModule
+from sppo_pl.rollout.base import SamplingConfig
+from sppo_pl.rollout.hf_engine import HFEngine
+from sppo_pl.types import Rollout
+
+# T != 1 and top-p < 1: the engine's log-probs must still be the model's raw ones, log pi_t(y_t | ...)
+SAMPLING = SamplingConfig(n=3, temperature=0.7, top_p=0.9, max_tokens=16)
+PER_TOKEN_TOL = 1e-4  # float32 engine vs float32 trainer, per token
+
+
+def test_summed_token_logps_by_hand():
+    assert summed_token_logps([[-1.0, -0.5], [-2.0]], [[7, 8], [9]]) == [-1.5, -2.0]
+    with pytest.raises(ValueError, match="response 1 has 1 tokens but 2 engine log-probs"):
+        summed_token_logps([[-1.0], [-2.0, -1.0]], [[7], [9]])
+
+
+def _gap(module: SPPOModule, prompt_ids, gens, pad_id: int) -> tuple[float, int]:
+    """(largest |engine - precompute| per-token-averaged log pi_t over all responses, the responses' tokens)."""
+    rollouts = [
+        Rollout("", p, g.texts, g.token_ids, p_hat=[0.5] * len(g.texts)) for p, g in zip(prompt_ids, gens)
+    ]
+    module.compute_ref_logps(rollouts, pad_id)
+    worst, tokens = 0.0, 0
+    for r, g in zip(rollouts, gens):
+        engine = summed_token_logps(g.logprobs, r.response_ids)
+        for a, b, ids in zip(engine, r.ref_logps, r.response_ids):
+            worst = max(worst, abs(a - b) / max(1, len(ids)))
+            tokens += len(ids)
+    return worst, tokens
+
+
+def _prompts(tokenizer) -> list[list[int]]:
+    return [encode_prompt(tokenizer, f"What is {a} * {b}?") for a, b in [(12, 34), (56, 7), (9, 19)]]
+
+
+def test_hf_generate_logprobs_are_the_policys(tiny_model_dir, tiny_tokenizer):
+    module = SPPOModule(str(tiny_model_dir), loss=SPPOLoss(eta=10.0), reference="engine")
+    engine = HFEngine(module.policy, tiny_tokenizer, batch_size=2)
+    prompt_ids = _prompts(tiny_tokenizer)
+    gens = engine.generate(prompt_ids, SAMPLING, seeds=[1, 2, 3], logprobs=True)
+    assert all(len(lp) == len(ids) for g in gens for lp, ids in zip(g.logprobs, g.token_ids))
+    worst, tokens = _gap(module, prompt_ids, gens, tiny_tokenizer.pad_token_id)
+    assert tokens > 9 * 3 and worst < PER_TOKEN_TOL
+    assert engine.generate(prompt_ids, SAMPLING, seeds=[1, 2, 3])[0].logprobs is None  # only when asked
+
+
+@pytest.mark.slow
+def test_vllm_logprobs_are_the_policys_after_a_sync(tiny_model_dir, tiny_tokenizer):
+    """After the policy moves and is synced, the engine's log-probs are the moved policy's (the bound that
+    makes ``module.reference=engine`` the CPU default)."""
+    from sppo_pl.rollout.vllm_engine import VLLMEngine
+
+    module = SPPOModule(str(tiny_model_dir), loss=SPPOLoss(eta=10.0), reference="engine")
+    engine = VLLMEngine(str(tiny_model_dir), max_model_len=256, use_tqdm=False, seed=0)
+    with torch.no_grad():
+        for p in module.policy.parameters():
+            p.add_(0.02 * torch.randn_like(p, generator=torch.manual_seed(0)))
+    prompt_ids = _prompts(tiny_tokenizer)
+    stale = engine.generate(prompt_ids, SAMPLING, seeds=[1, 2, 3], logprobs=True)
+    assert _gap(module, prompt_ids, stale, tiny_tokenizer.pad_token_id)[0] > 10 * PER_TOKEN_TOL  # it can fail
+    engine.sync_weights(module.named_weights())
+    gens = engine.generate(prompt_ids, SAMPLING, seeds=[1, 2, 3], logprobs=True)
+    worst, tokens = _gap(module, prompt_ids, gens, tiny_tokenizer.pad_token_id)
+    assert tokens > 9 * 3 and worst < PER_TOKEN_TOL
