@@ -98,7 +98,7 @@ def main() -> None:
         f"`python -m bench.engine_logprobs --prompts {args.prompts} --k {args.k} --max-tokens {args.max_tokens}"
         f" --steps {args.steps}`, {args.model}, float32 engine and policy, T 0.7.",
         "",
-        "| policy | responses | tokens | max abs diff / token | median / token | max abs diff / response "
+        "| policy | responses | tokens | max abs diff per token (response's / its length) | median per token | max abs diff per response "
         "| precompute pass (s) | generate with log-probs (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
