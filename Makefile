@@ -50,4 +50,5 @@ bench: model bench-trl
 	$(PY) -m bench.sharding
 	$(PY) -m bench.cpu_prepack
 	$(PY) -m bench.iteration
+	$(PY) -m bench.engine_logprobs
 	$(PY) -m bench.learning

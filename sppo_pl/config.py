@@ -90,7 +90,8 @@ def check_required(cfg: DictConfig) -> None:
 
 def check_sampling(cfg: DictConfig) -> None:
     """``rollout.sampling`` holds only sampling settings, each one a generation can use
-    (:func:`sppo_pl.rollout.base.check_sampling`), and ``rollout.val_max_tokens`` is unset or >= 1."""
+    (:func:`sppo_pl.rollout.base.check_sampling`), ``rollout.drop_ties`` has K >= 2 samples to compare and ``rollout.max_rounds`` >= 1, and
+    ``rollout.val_max_tokens`` is unset or >= 1."""
     from dataclasses import fields
 
     from sppo_pl.rollout.base import SamplingConfig
@@ -104,6 +105,14 @@ def check_sampling(cfg: DictConfig) -> None:
                 f"rollout.sampling.{unknown[0]} is not a sampling setting (rollout.sampling takes {', '.join(known)})"
             )
         SamplingConfig(**OmegaConf.to_container(sampling, resolve=True))
+    rounds = cfg.rollout.get("max_rounds")
+    if rounds is not None and (not _whole(rounds) or rounds < 1):
+        raise ValueError(f"rollout.max_rounds must be a whole number >= 1, got {rounds!r}")
+    if cfg.rollout.get("drop_ties") and sampling is not None and sampling.get("n") == 1:
+        raise ValueError(
+            "rollout.drop_ties=true with rollout.sampling.n=1: one sample per prompt always ties with itself "
+            "(P_hat = 1/2), so every prompt would be dropped; sample K >= 2 or leave drop_ties off"
+        )
     val = cfg.rollout.get("val_max_tokens")
     if val is not None and (not _whole(val) or val < 1):
         raise ValueError(

@@ -48,10 +48,16 @@ def checked(tmp_path, overrides: list[str]):
         ("rollout.sampling.n=0", r"rollout\.sampling\.n \(samples per prompt\) must be a whole number >= 1"),
         ("rollout.val_max_tokens=0", r"rollout\.val_max_tokens must be a whole number >= 1 .*got 0"),
         ("+rollout.sampling.seed=3", r"rollout\.sampling\.seed is not a sampling setting"),
+        ("rollout.max_rounds=0", r"rollout\.max_rounds must be a whole number >= 1, got 0"),
     ],
 )
 def test_bad_sampling_is_refused_before_any_model_loads(tmp_path, override, match):
     refused(tmp_path, [override], ValueError, match)
+
+
+def test_dropping_ties_with_one_sample_per_prompt_is_refused(tmp_path):
+    overrides = ["rollout.drop_ties=true", "rollout.sampling.n=1", "loss=sppo_softmean"]
+    refused(tmp_path, overrides, ValueError, r"rollout\.drop_ties=true with rollout\.sampling\.n=1")
 
 
 def test_sampling_config_names_the_full_key():
