@@ -79,6 +79,75 @@ def table(runs: list[dict], means: dict[str, list[float]]) -> str:
     return markdown_table("iteration", cols, rows)
 
 
+# Student's t 0.975 quantiles by degrees of freedom: the 95% interval of a mean of n = df + 1 paired differences
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def paired_interval(diffs: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of per-seed differences and its 95% t interval (needs 2 to 11 seeds)."""
+    n = len(diffs)
+    if n - 1 not in T975:
+        raise ValueError(f"a 95% interval needs 2 to {max(T975) + 1} paired seeds, got {n}")
+    mean = statistics.mean(diffs)
+    half = T975[n - 1] * statistics.stdev(diffs) / n**0.5
+    return mean, mean - half, mean + half
+
+
+def per_loss_summary(runs: list[dict]) -> dict[str, dict]:
+    """Per loss: the mean gain in val/acc (last iteration minus start), how many runs rose at every
+    iteration, and the mean wall time."""
+    out: dict[str, dict] = {}
+    for loss in dict.fromkeys(r["loss"] for r in runs):
+        mine = [r for r in runs if r["loss"] == loss]
+        out[loss] = {
+            "gain_mean": statistics.mean(r["val_acc"][-1] - r["val_acc"][0] for r in mine),
+            "rising_every_iteration": sum(
+                all(b > a for a, b in zip(r["val_acc"], r["val_acc"][1:])) for r in mine
+            ),
+            "runs": len(mine),
+            "wall_s_mean": statistics.mean(r["wall_s"] for r in mine),
+        }
+    return out
+
+
+def comparison(runs: list[dict], a: str = "sppo", b: str = "dpo") -> dict | None:
+    """The per-seed difference of the final val/acc, ``a`` minus ``b`` (same seed: same start, same
+    prompts), with its 95% interval; None without two seeds run with both."""
+    final = {(r["loss"], r["seed"]): r["val_acc"][-1] for r in runs}
+    seeds = sorted(s for (loss, s) in final if loss == a and (b, s) in final)
+    if len(seeds) < 2:
+        return None
+    diffs = [final[a, s] - final[b, s] for s in seeds]
+    mean, low, high = paired_interval(diffs)
+    return {
+        "seeds": seeds,
+        "diffs": diffs,
+        "mean": mean,
+        "ci95": [low, high],
+        "separated": low > 0 or high < 0,
+    }
+
+
+def summary_lines(summary: dict[str, dict], diff: dict | None) -> list[str]:
+    lines = [
+        "| loss | mean gain (last - start) | runs rising at every iteration | mean wall (s) |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {loss} | {s['gain_mean']:+.4f} | {s['rising_every_iteration']} of {s['runs']} | {s['wall_s_mean']:.0f} |"
+        for loss, s in summary.items()
+    ]
+    if diff is not None:
+        verdict = "separated" if diff["separated"] else "not separated: the interval holds 0"
+        lines += [
+            "",
+            f"Final val/acc, SPPO minus DPO, per seed {diff['seeds']}: "
+            + ", ".join(f"{d:+.4f}" for d in diff["diffs"])
+            + f"; mean {diff['mean']:+.4f}, 95% interval [{diff['ci95'][0]:+.4f}, {diff['ci95'][1]:+.4f}] ({verdict}).",
+        ]
+    return lines
+
+
 def plot(runs: list[dict], means: dict[str, list[float]], out: Path) -> None:
     import matplotlib
 
@@ -124,7 +193,10 @@ def main(argv: list[str] | None = None) -> None:
     means = summarise(runs)
     result = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "overrides": args.extra, "runs": runs}
     result["mean_val_acc"] = means
-    write_results("learning", result, [f"# val/acc per iteration ({result['date']})", "", table(runs, means)])
+    result["summary"], result["sppo_minus_dpo"] = per_loss_summary(runs), comparison(runs)
+    head = [f"# val/acc per iteration ({result['date']}, overrides: {' '.join(args.extra) or 'none'})", ""]
+    lines = head + [table(runs, means), "", *summary_lines(result["summary"], result["sppo_minus_dpo"])]
+    write_results("learning", result, lines)
     plot(runs, means, RESULTS / "learning.png")
 
 

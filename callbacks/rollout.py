@@ -220,6 +220,9 @@ class RolloutCallback(L.Callback):
             if len(kept) >= budget:
                 break
         rollouts = (kept + tied)[:budget]
+        start = time.perf_counter()
+        self.policy_pass(pl_module, rollouts, dm.tokenizer.pad_token_id)
+        timing["ref_logps_s"] += time.perf_counter() - start
         dm.set_rollouts(rollouts, iteration, trainer.global_step)
         if trainer.is_global_zero:
             self._save(rollouts, iteration, trainer.global_step)
@@ -237,8 +240,9 @@ class RolloutCallback(L.Callback):
         return rollouts
 
     def sample_round(self, trainer, pl_module, iteration: int, rnd: int, rounds: int, timing: dict):
-        """One round of the iteration's prompts, sampled, scored and with their pi_t log-probs, gathered in
-        prompt order on every rank (each rank works on its share); seconds are added to ``timing``."""
+        """One round of the iteration's prompts, sampled, scored and with the engine's pi_t log-probs when it
+        has them, gathered in prompt order on every rank (each rank works on its share); seconds are added to
+        ``timing``."""
         dm = trainer.datamodule
         every = dm.next_prompts(iteration, rnd, rounds)
         a, b = shard_bounds(len(every), *rank_and_world())
@@ -259,27 +263,30 @@ class RolloutCallback(L.Callback):
         start = time.perf_counter()
         self.oracle.score_rollouts(rollouts)
         timing["score_s"] += time.perf_counter() - start
-        start = time.perf_counter()
-        self.reference_logps(pl_module, rollouts, gens[a:b], have_logprobs, dm.tokenizer.pad_token_id)
-        timing["ref_logps_s"] += time.perf_counter() - start
+        if pl_module.hparams.reference == "engine" and have_logprobs:
+            for r, g in zip(rollouts, gens[a:b], strict=True):
+                r.ref_logps = summed_token_logps(g.logprobs, r.response_ids)
         if gen_s is not None:
             timing["gen_s"] = (timing["gen_s"] or 0.0) + gen_s
         timing["sync_s"] += sync_s
         return all_gather_list(rollouts)
 
     @staticmethod
-    def reference_logps(pl_module, rollouts: list[Rollout], gens: list[Generation], have: bool, pad_id: int):
-        """Fill log pi_t(y | x) of every response: the engine's own log-probs of the tokens it sampled under
-        ``module.reference=engine`` (``have``: every generation carries them), else a no-grad pass of the
-        policy (or of its frozen copy, refreshed now) in the trainer's numerics."""
-        if pl_module.hparams.reference == "engine" and have:
-            for r, g in zip(rollouts, gens, strict=True):
-                r.ref_logps = summed_token_logps(g.logprobs, r.response_ids)
+    def policy_pass(pl_module, rollouts: list[Rollout], pad_id: int) -> None:
+        """Fill log pi_t(y | x) of the iteration's rollouts that lack it (``module.reference`` precompute or
+        model, or an engine without log-probs) by a no-grad pass of the policy (or of its frozen copy,
+        refreshed now) in the trainer's numerics: each rank its share, then gathered. It runs after the
+        selection, so groups that ``drop_ties`` set aside cost no pass. ``rollouts`` is alike on every rank."""
+        if all(r.ref_logps for r in rollouts):
             return
         if pl_module.hparams.reference == "engine":
             log.info("rollout: the generations carry no log-probs; pi_t log-probs from a pass of the policy")
+        a, b = shard_bounds(len(rollouts), *rank_and_world())
         pl_module.refresh_reference()
-        pl_module.compute_ref_logps(rollouts, pad_id)
+        pl_module.compute_ref_logps(rollouts[a:b], pad_id)
+        logps = all_gather_list([r.ref_logps for r in rollouts[a:b]])
+        for r, lp in zip(rollouts, logps, strict=True):
+            r.ref_logps = lp
 
     def generations(
         self, trainer, pl_module, iteration: int, prompts: list[dict], rnd: int = 0

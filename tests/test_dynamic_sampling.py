@@ -103,3 +103,70 @@ def test_when_the_rounds_run_out_tied_groups_fill_the_budget(tmp_path):
     assert [r["prompt"] for r in kept] == [r["prompt"] for r in first]  # the first round's, in order
     row = next(r for r in read_metrics(run) if r.get("rollout/rounds"))
     assert (float(row["rollout/rounds"]), float(row["rollout/tied_fraction"])) == (2.0, 1.0)
+
+
+class _PassCounter:
+    """A module stand-in that records which rollouts get the pi_t pass."""
+
+    def __init__(self, reference: str):
+        from types import SimpleNamespace
+
+        self.hparams = SimpleNamespace(reference=reference)
+        self.passed: list[str] = []
+
+    def refresh_reference(self):
+        pass
+
+    def compute_ref_logps(self, rollouts, pad_id):
+        for r in rollouts:
+            self.passed.append(r.prompt)
+            r.ref_logps = [-1.0] * r.k
+
+
+def _callback_over_fakes(monkeypatch, reference: str, logprobs: bool):
+    """A RolloutCallback over a stub datamodule (3 rounds of 2 prompts, budget 2) and stub generations in
+    which the prompts named ``tie*`` tie and the ``win*`` ones do not."""
+    from types import SimpleNamespace
+
+    from callbacks.rollout import RolloutCallback
+    from sppo_pl.rollout.base import Generation
+
+    rounds = [["tie0", "win0"], ["tie1", "tie2"], ["win1", "tie3"]]
+    dm = SimpleNamespace(
+        prompts_per_iteration=2,
+        tokenizer=SimpleNamespace(pad_token_id=0),
+        next_prompts=lambda it, r, n: [{"prompt": p, "prompt_ids": [1], "answer": None} for p in rounds[r]],
+        set_rollouts=lambda rollouts, it, step: None,
+    )
+    trainer = SimpleNamespace(datamodule=dm, global_step=0, is_global_zero=True, loggers=[])
+    gen = Generation([[5], [6]], ["a", "b"], ["stop", "stop"], [[-0.5], [-0.25]] if logprobs else None)
+    oracle = SimpleNamespace(
+        score_rollouts=lambda rs: [
+            setattr(r, "p_hat", [0.5, 0.5] if r.prompt.startswith("tie") else [0.75, 0.25]) for r in rs
+        ]
+    )
+    cb = RolloutCallback(engine=None, sampling={"n": 2}, oracle=oracle, drop_ties=True, max_rounds=3)
+    monkeypatch.setattr(
+        cb, "generations", lambda tr, pm, it, prompts, rnd=0: ([gen] * len(prompts), 1.0, 0.0)
+    )
+    monkeypatch.setattr("callbacks.rollout.rollout_metrics", lambda *a: {})
+    return cb, trainer
+
+
+@pytest.mark.parametrize("reference", ["precompute", "model"])
+def test_the_policy_pass_runs_only_on_the_groups_kept(monkeypatch, reference):
+    """Under drop_ties the pi_t pass comes after the selection: set-aside groups cost no forward pass."""
+    module = _PassCounter(reference)
+    cb, trainer = _callback_over_fakes(monkeypatch, reference, logprobs=False)
+    rollouts = cb.rollout(trainer, module, iteration=0)
+    assert [r.prompt for r in rollouts] == ["win0", "win1"]
+    assert module.passed == ["win0", "win1"]
+    assert all(r.ref_logps == [-1.0, -1.0] for r in rollouts)
+
+
+def test_engine_log_probs_need_no_policy_pass(monkeypatch):
+    module = _PassCounter("engine")
+    cb, trainer = _callback_over_fakes(monkeypatch, "engine", logprobs=True)
+    rollouts = cb.rollout(trainer, module, iteration=0)
+    assert module.passed == []
+    assert [r.ref_logps for r in rollouts] == [[-0.5, -0.25]] * 2

@@ -11,7 +11,9 @@ import torch
 
 from callbacks.reward import RewardCallback
 from sppo_pl.rewards.classifier import (
+    Classifier,
     RewardModelOracle,
+    batched_by_length,
     classifier_logits,
     load_classifier,
     reward_input_ids,
@@ -107,6 +109,30 @@ def test_batched_logits_equal_one_at_a_time(classifier_dir):
     single = torch.cat([classifier_logits(model, [x], tok.pad_token_id, batch_size=1) for x in inputs])
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
     assert batched.unique().numel() == 4  # a real function of the input
+
+
+def test_batched_by_length_runs_sorted_batches_in_the_original_order():
+    items, seen = ["ccc", "a", "bb", "dddd", "e"], []
+
+    def run(batch):
+        seen.append(batch)
+        return torch.tensor([len(x) for x in batch], dtype=torch.float64)
+
+    out = batched_by_length(items, len, 2, run)
+    assert seen == [["a", "e"], ["bb", "ccc"], ["dddd"]]
+    assert out.dtype == torch.float32 and out.tolist() == [3, 1, 2, 4, 1]
+    assert batched_by_length([], len, 2, run).shape == (0,)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        batched_by_length(items, len, 0, run)
+
+
+def test_classifier_loads_lazily_and_follows_a_late_device(classifier_dir):
+    clf = Classifier(str(classifier_dir))
+    assert clf._model is None and clf.device is None
+    assert clf.tokenizer.pad_token_id is not None
+    assert next(clf.model.parameters()).device.type == "cpu"
+    clf.device = "meta"  # set after loading (e.g. by the oracle's place): the loaded model moves
+    assert next(clf.model.parameters()).device.type == "meta"
 
 
 def test_reward_model_scores_and_bradley_terry(classifier_dir):

@@ -310,12 +310,14 @@ def test_judge_loads_lazily_and_follows_its_device(tiny_dir, loaded):
     assert (judge.max_prompt_tokens, judge.max_response_tokens) == (1224, 412)
     got = judge.pair_logits(PROMPTS, A, B)
     torch.testing.assert_close(got, P.pairrm_logits(model, tok, PROMPTS, A, B), atol=1e-5, rtol=0)
-    assert next(judge._model.parameters()).device.type == "cpu"
+    assert next(judge.model.parameters()).device.type == "cpu"
     judge.device = "cpu"
     torch.testing.assert_close(judge.pair_logits(PROMPTS[:1], A[:1], B[:1]), got[:1], atol=1e-5, rtol=0)
     assert judge.pair_logits([], [], []).shape == (0,)
     with pytest.raises(ValueError, match="differ in length"):
         judge.pair_logits(PROMPTS, A, B[:1])
+    judge.device = "meta"  # a loaded judge moves when its device changes
+    assert next(judge.model.parameters()).device.type == "meta"
     short = P.PairRMJudge(str(tiny_dir), max_prompt_tokens=8, max_response_tokens=6)
     want = P.pairrm_logits(model, tok, PROMPTS, A, B, max_prompt_tokens=8, max_response_tokens=6)
     torch.testing.assert_close(short.pair_logits(PROMPTS, A, B), want, atol=1e-5, rtol=0)

@@ -13,12 +13,15 @@ transformers is imported lazily.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 
 from sppo_pl.rewards.oracle import Oracle
 from sppo_pl.rewards.preference import bradley_terry
+
+T = TypeVar("T")
 
 PAIR_MARKERS = ("<|source|>", "<|candidate1|>", "<|candidate2|>")
 
@@ -101,6 +104,35 @@ def pair_input_ids(
     ]
 
 
+def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` [B, T] right-padded with ``pad_id`` to the longest sequence, and ``attention_mask`` [B, T]."""
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, x in enumerate(seqs):
+        ids[row, : len(x)] = torch.tensor(x)
+        mask[row, : len(x)] = 1
+    return ids, mask
+
+
+def batched_by_length(
+    items: Sequence[T],
+    length: Callable[[T], int],
+    batch_size: int,
+    run_batch: Callable[[list[T]], torch.Tensor],
+) -> torch.Tensor:
+    """``run_batch`` over the items sorted by ``length``, ``batch_size`` at a time (so padding stays small):
+    its [B] results gathered into [N] float32 on the CPU, in the items' original order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(items)), key=lambda n: length(items[n]))
+    out = torch.empty(len(items), dtype=torch.float32)
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        out[idx] = run_batch([items[n] for n in idx]).float().cpu()
+    return out
+
+
 @torch.no_grad()
 def classifier_logits(model, inputs: list[list[int]], pad_id: int, batch_size: int = 16) -> torch.Tensor:
     """The model's single logit for each input: N lists of ids -> [N] float32 on the CPU.
@@ -108,52 +140,77 @@ def classifier_logits(model, inputs: list[list[int]], pad_id: int, batch_size: i
     Inputs are sorted by length and right-padded within each batch of ``batch_size``; the result is in
     the original order. Padding does not change a logit (the model pools its last non-pad token).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
-    order = sorted(range(len(inputs)), key=lambda n: len(inputs[n]))
-    out = torch.empty(len(inputs), dtype=torch.float32)
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        width = max(len(inputs[n]) for n in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, n in enumerate(idx):
-            ids[row, : len(inputs[n])] = torch.tensor(inputs[n])
-            mask[row, : len(inputs[n])] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        out[idx] = logits[:, 0].float().cpu()
-    return out
+
+    def run(batch: list[list[int]]) -> torch.Tensor:
+        ids, mask = right_pad(batch, pad_id)
+        return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0]
+
+    return batched_by_length(inputs, len, batch_size, run)
 
 
-class Classifier:
+class LazyModel:
+    """A (model, tokenizer) pair loaded by :meth:`_load` on first use, on ``device`` (None: the CPU).
+
+    ``device`` may be set at any time: a model already loaded moves there at once.
+    """
+
+    def __init__(self, device: str | torch.device | None = None):
+        self._model: torch.nn.Module | None = None
+        self._tokenizer = None
+        self._device = device
+
+    def _load(self, device: str) -> tuple[torch.nn.Module, Any]:
+        """(model, tokenizer), the model on ``device``."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> str | torch.device | None:
+        return self._device
+
+    @device.setter
+    def device(self, device: str | torch.device | None) -> None:
+        self._device = device
+        if self._model is not None:
+            self._model.to(str(device or "cpu"))
+
+    def _loaded(self) -> tuple[torch.nn.Module, Any]:
+        if self._model is None:
+            self._model, self._tokenizer = self._load(str(self._device or "cpu"))
+        return self._model, self._tokenizer
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The model (loads it)."""
+        return self._loaded()[0]
+
+    @property
+    def tokenizer(self):
+        """The tokenizer (loads the model)."""
+        return self._loaded()[1]
+
+
+class Classifier(LazyModel):
     """A one-output sequence classifier loaded on first use, on ``device`` (set by the oracle's ``setup``
     to the policy's device when not given)."""
 
     def __init__(self, path: str, dtype: str = "float32", device: str | None = None, batch_size: int = 16):
         if batch_size < 1:
             raise ValueError(f"reward.oracle.batch_size must be >= 1, got {batch_size}")
-        self.path, self.dtype, self.device, self.batch_size = path, dtype, device, batch_size
-        self._loaded = None
+        super().__init__(device)
+        self.path, self.dtype, self.batch_size = path, dtype, batch_size
 
-    @property
-    def tokenizer(self):
-        return self._load()[1]
-
-    def _load(self):
-        if self._loaded is None:
-            self._loaded = load_classifier(self.path, self.dtype, self.device or "cpu")
-        return self._loaded
+    def _load(self, device: str):
+        return load_classifier(self.path, self.dtype, device)
 
     def logits(self, inputs: list[list[int]]) -> torch.Tensor:
-        model, tokenizer = self._load()
-        return classifier_logits(model, inputs, tokenizer.pad_token_id, self.batch_size)
+        return classifier_logits(self.model, inputs, self.tokenizer.pad_token_id, self.batch_size)
 
 
 class ClassifierOracle(Oracle):
     """An oracle that runs a model (``self.model``, e.g. a :class:`Classifier`) with a settable ``device``."""
 
-    model: Classifier
+    model: LazyModel
 
     def place(self, device):
         """The model runs on ``device`` unless it was given one (``reward.oracle.device``)."""

@@ -100,6 +100,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from sppo_pl.rewards.classifier import LazyModel, batched_by_length, right_pad
 from sppo_pl.rewards.pairwise import PairwiseOracle, check_mode
 
 SOURCE_MARKER = "<|source|>"
@@ -472,12 +473,7 @@ def pair_input(
 
 def collate(inputs: Sequence[PairInput], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
     """Right-padded ``input_ids`` [B, T], ``attention_mask`` [B, T] and marker ``positions`` [B, 3]."""
-    width = max(len(p.input_ids) for p in inputs)
-    ids = torch.full((len(inputs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(inputs), width), dtype=torch.long)
-    for row, p in enumerate(inputs):
-        ids[row, : len(p.input_ids)] = torch.tensor(p.input_ids)
-        mask[row, : len(p.input_ids)] = 1
+    ids, mask = right_pad([p.input_ids for p in inputs], pad_id)
     return ids, mask, torch.tensor([p.positions for p in inputs], dtype=torch.long)
 
 
@@ -488,16 +484,13 @@ def collate(inputs: Sequence[PairInput], pad_id: int) -> tuple[Tensor, Tensor, T
 def logits_of_inputs(model: PairRM, inputs: Sequence[PairInput], pad_id: int, batch_size: int = 32) -> Tensor:
     """l for each input: [N] float32 on the CPU, in the inputs' order. Inputs are sorted by length and
     right-padded within each batch of ``batch_size``, so padding stays small; padding does not change l."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
-    order = sorted(range(len(inputs)), key=lambda n: len(inputs[n].input_ids))
-    out = torch.empty(len(inputs), dtype=torch.float32)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        ids, mask, pos = collate([inputs[n] for n in idx], pad_id)
-        out[idx] = model(ids.to(device), mask.to(device), pos.to(device)).float().cpu()
-    return out
+
+    def run(batch: list[PairInput]) -> Tensor:
+        ids, mask, pos = collate(batch, pad_id)
+        return model(ids.to(device), mask.to(device), pos.to(device))
+
+    return batched_by_length(inputs, lambda p: len(p.input_ids), batch_size, run)
 
 
 def pairrm_logits(
@@ -517,10 +510,10 @@ def pairrm_logits(
     return logits_of_inputs(model, inputs, tokenizer.pad_token_id, batch_size)
 
 
-class PairRMJudge:
-    """PairRM as a pairwise judge, loaded on first use.
+class PairRMJudge(LazyModel):
+    """PairRM as a pairwise judge, loaded on first use (:class:`LazyModel`).
 
-    ``device`` may be set at any time (None: the CPU); the model moves there on the next call.
+    ``device`` may be set at any time (None: the CPU); a loaded model moves there at once.
     :meth:`pair_logits` gives l(a, b) of one presentation order; a caller averaging both orders takes
     (l(a, b) - l(b, a)) / 2.
     """
@@ -541,26 +534,12 @@ class PairRMJudge:
                 "max_prompt_tokens and max_response_tokens must be >= 3 ([CLS] marker [SEP]), got "
                 f"{max_prompt_tokens} and {max_response_tokens}"
             )
-        self.model_path, self.dtype, self.device, self.batch_size = model_path, dtype, device, batch_size
+        super().__init__(device)
+        self.model_path, self.dtype, self.batch_size = model_path, dtype, batch_size
         self.max_prompt_tokens, self.max_response_tokens = max_prompt_tokens, max_response_tokens
-        self._model: PairRM | None = None
-        self._tokenizer = None
-        self._on: str | None = None
 
-    def _load(self):
-        """(model, tokenizer), loading them on first use and moving the model to ``self.device``."""
-        device = str(self.device or "cpu")
-        if self._model is None:
-            self._model, self._tokenizer = load_pairrm(self.model_path, self.dtype, device)
-        elif device != self._on:
-            self._model.to(device)
-        self._on = device
-        return self._model, self._tokenizer
-
-    @property
-    def tokenizer(self):
-        """PairRM's tokenizer (loads the judge)."""
-        return self._load()[1]
+    def _load(self, device: str):
+        return load_pairrm(self.model_path, self.dtype, device)
 
     def pair_logits(self, prompts: list[str], a: list[str], b: list[str]) -> Tensor:
         """[N] float32 log-odds (CPU) that a_n beats b_n as a response to prompts_n."""
@@ -568,7 +547,7 @@ class PairRMJudge:
             raise ValueError(f"prompts, a and b differ in length: {len(prompts)}, {len(a)}, {len(b)}")
         if not prompts:
             return torch.empty(0, dtype=torch.float32)
-        model, tokenizer = self._load()
+        model, tokenizer = self._loaded()
         return pairrm_logits(
             model, tokenizer, prompts, a, b, self.batch_size, self.max_prompt_tokens, self.max_response_tokens
         )
