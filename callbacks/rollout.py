@@ -45,7 +45,14 @@ from callbacks.reward import RewardCallback
 from sppo_pl.distributed import all_gather_list, broadcast_from_zero, drain, rank_and_world, shard_bounds
 from sppo_pl.logprobs import summed_token_logps
 from sppo_pl.report import write_jsonl_atomic
-from sppo_pl.rollout.base import Generation, RolloutEngine, SamplingConfig, request_seeds
+from sppo_pl.rollout.base import (
+    Generation,
+    RolloutEngine,
+    SamplingConfig,
+    check_drop_ties,
+    dynamic_sampling,
+    request_seeds,
+)
 from sppo_pl.rollout.hf_engine import HFEngine
 from sppo_pl.types import Rollout
 
@@ -62,13 +69,14 @@ class RolloutCallback(L.Callback):
         mode: str = "colocate",
         seed: int = 0,
         oracle: RewardCallback | None = None,
-        drop_ties: bool = False,
-        max_rounds: int = 4,
+        drop_ties: bool | str = False,
+        max_rounds: int = 3,
     ):
         if mode not in ("colocate", "rank0"):
             raise ValueError(f"rollout.mode must be 'colocate' or 'rank0', got {mode!r}")
         if not (isinstance(max_rounds, int) and max_rounds >= 1):
             raise ValueError(f"rollout.max_rounds must be a whole number >= 1, got {max_rounds!r}")
+        check_drop_ties(drop_ties)
         self.mode, self.seed = mode, seed
         self.drop_ties, self.max_rounds = drop_ties, max_rounds
         self.oracle = oracle  # the run's reward callback, handed over by training.build
@@ -94,6 +102,9 @@ class RolloutCallback(L.Callback):
             raise ValueError(
                 "the rollout callback needs its oracle: RolloutCallback(..., oracle=<reward callback>)"
             )
+        if self.drop_ties == "auto":
+            self.drop_ties = dynamic_sampling(self.drop_ties, self.oracle.oracle.is_verifier, self.sampling.n)
+            log.info("rollout: drop_ties=auto -> %s", self.drop_ties)
         if self.engine is None:
             self.engine = self.make_engine(trainer, pl_module)
 

@@ -90,8 +90,8 @@ def check_required(cfg: DictConfig) -> None:
 
 def check_sampling(cfg: DictConfig) -> None:
     """``rollout.sampling`` holds only sampling settings, each one a generation can use
-    (:func:`sppo_pl.rollout.base.check_sampling`), ``rollout.drop_ties`` has K >= 2 samples to compare and ``rollout.max_rounds`` >= 1, and
-    ``rollout.val_max_tokens`` is unset or >= 1."""
+    (:func:`sppo_pl.rollout.base.check_sampling`), ``rollout.drop_ties`` is true, false or auto, and when true has K >= 2 samples to compare,
+    ``rollout.max_rounds`` >= 1, and ``rollout.val_max_tokens`` is unset or >= 1."""
     from dataclasses import fields
 
     from sppo_pl.rollout.base import SamplingConfig
@@ -108,7 +108,12 @@ def check_sampling(cfg: DictConfig) -> None:
     rounds = cfg.rollout.get("max_rounds")
     if rounds is not None and (not _whole(rounds) or rounds < 1):
         raise ValueError(f"rollout.max_rounds must be a whole number >= 1, got {rounds!r}")
-    if cfg.rollout.get("drop_ties") and sampling is not None and sampling.get("n") == 1:
+    drop_ties = cfg.rollout.get("drop_ties")
+    if drop_ties is not None:
+        from sppo_pl.rollout.base import check_drop_ties
+
+        check_drop_ties(drop_ties)
+    if drop_ties is True and sampling is not None and sampling.get("n") == 1:
         raise ValueError(
             "rollout.drop_ties=true with rollout.sampling.n=1: one sample per prompt always ties with itself "
             "(P_hat = 1/2), so every prompt would be dropped; sample K >= 2 or leave drop_ties off"

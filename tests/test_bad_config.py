@@ -49,6 +49,7 @@ def checked(tmp_path, overrides: list[str]):
         ("rollout.val_max_tokens=0", r"rollout\.val_max_tokens must be a whole number >= 1 .*got 0"),
         ("+rollout.sampling.seed=3", r"rollout\.sampling\.seed is not a sampling setting"),
         ("rollout.max_rounds=0", r"rollout\.max_rounds must be a whole number >= 1, got 0"),
+        ("rollout.drop_ties=sometimes", r"rollout\.drop_ties must be true, false or auto, got 'sometimes'"),
     ],
 )
 def test_bad_sampling_is_refused_before_any_model_loads(tmp_path, override, match):
@@ -58,6 +59,12 @@ def test_bad_sampling_is_refused_before_any_model_loads(tmp_path, override, matc
 def test_dropping_ties_with_one_sample_per_prompt_is_refused(tmp_path):
     overrides = ["rollout.drop_ties=true", "rollout.sampling.n=1", "loss=sppo_softmean"]
     refused(tmp_path, overrides, ValueError, r"rollout\.drop_ties=true with rollout\.sampling\.n=1")
+
+
+def test_auto_drop_ties_with_one_sample_per_prompt_is_accepted(tmp_path):
+    """auto (the default) turns dynamic sampling off for K = 1, so verl's one-sample recipe composes."""
+    cfg = checked(tmp_path, ["rollout.sampling.n=1", "loss=sppo_softmean", "loss.group=iteration"])
+    assert cfg.rollout.drop_ties == "auto"
 
 
 def test_sampling_config_names_the_full_key():

@@ -170,3 +170,40 @@ def test_engine_log_probs_need_no_policy_pass(monkeypatch):
     rollouts = cb.rollout(trainer, module, iteration=0)
     assert module.passed == []
     assert [r.ref_logps for r in rollouts] == [[-0.5, -0.25]] * 2
+
+
+@pytest.mark.parametrize(
+    ("drop_ties", "is_verifier", "k", "on"),
+    [
+        ("auto", True, 4, True),  # a verifier's groups tie often: on
+        ("auto", True, 1, False),  # one sample ties with itself: nothing to drop
+        ("auto", False, 4, False),  # reward / preference models almost never tie: off
+        (True, False, 4, True),
+        (False, True, 4, False),
+    ],
+)
+def test_auto_drops_ties_for_verifiers_with_several_samples(drop_ties, is_verifier, k, on):
+    from sppo_pl.rollout.base import dynamic_sampling
+
+    assert dynamic_sampling(drop_ties, is_verifier, k) is on
+
+
+@pytest.mark.parametrize("is_verifier", [True, False])
+def test_the_callback_resolves_auto_against_its_oracle_at_setup(is_verifier):
+    from types import SimpleNamespace
+
+    from callbacks.rollout import RolloutCallback
+
+    reward = SimpleNamespace(oracle=SimpleNamespace(is_verifier=is_verifier))
+    cb = RolloutCallback(engine=None, sampling={"n": 4}, oracle=reward, drop_ties="auto")
+    cb.engine = object()  # setup makes no engine
+    trainer = SimpleNamespace(world_size=1, datamodule=SimpleNamespace(prompts_per_iteration=8))
+    cb.setup(trainer, None, "fit")
+    assert cb.drop_ties is is_verifier
+
+
+def test_a_drop_ties_that_is_not_true_false_or_auto_is_refused():
+    from callbacks.rollout import RolloutCallback
+
+    with pytest.raises(ValueError, match=r"rollout\.drop_ties must be true, false or auto, got 'yes'"):
+        RolloutCallback(engine=None, sampling={"n": 4}, drop_ties="yes")

@@ -92,6 +92,25 @@ def _real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+DROP_TIES = (True, False, "auto")
+
+
+def check_drop_ties(value) -> None:
+    """``rollout.drop_ties`` is true, false or auto."""
+    if not any(value is v or (isinstance(v, str) and value == v) for v in DROP_TIES):
+        raise ValueError(f"rollout.drop_ties must be true, false or auto, got {value!r}")
+
+
+def dynamic_sampling(drop_ties: bool | str, is_verifier: bool, k: int) -> bool:
+    """Whether tied groups are set aside: ``drop_ties`` itself when true or false; with ``auto``, when the
+    oracle is a verifier (0/1 scores: a group of K samples all right or all wrong ties, and with a weak model
+    most do) and there are K >= 2 samples to compare. Continuous scores (reward and preference models)
+    almost never tie, so auto leaves them alone."""
+    if drop_ties == "auto":
+        return bool(is_verifier) and k >= 2
+    return bool(drop_ties)
+
+
 def request_seeds(seed: int, iteration: int, n: int, start: int = 0) -> list[int]:
     """One sampling seed per prompt of iteration ``iteration``: fixed by (seed, iteration, position), so a resumed
     run, or a run on another number of ranks, samples exactly what an uninterrupted one would. ``start``: the
