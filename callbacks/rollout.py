@@ -223,7 +223,8 @@ class RolloutCallback(L.Callback):
         """
         dm = trainer.datamodule
         budget, rounds = dm.prompts_per_iteration, (self.max_rounds if self.drop_ties else 1)
-        kept, tied, timing = [], [], {"gen_s": None, "sync_s": 0.0, "score_s": 0.0, "ref_logps_s": 0.0}
+        timing = {"gen_s": None, "sync_s": 0.0, "score_s": 0.0, "ref_logps_s": 0.0, "sampled_tokens": 0}
+        kept, tied = [], []
         for rnd in range(rounds):
             scored = self.sample_round(trainer, pl_module, iteration, rnd, rounds, timing)
             for r in scored:
@@ -238,7 +239,9 @@ class RolloutCallback(L.Callback):
         if trainer.is_global_zero:
             self._save(rollouts, iteration, trainer.global_step)
         n_tokens = sum(len(t) for r in rollouts for t in r.response_ids)
-        metrics = rollout_metrics(rollouts, timing.pop("gen_s"), timing.pop("sync_s"), n_tokens) | {
+        metrics = rollout_metrics(
+            rollouts, timing.pop("gen_s"), timing.pop("sync_s"), n_tokens, timing.pop("sampled_tokens")
+        ) | {
             "rollout/score_s": timing["score_s"],
             "rollout/ref_logps_s": timing["ref_logps_s"],
             "rollout/iteration": float(iteration),
@@ -279,6 +282,7 @@ class RolloutCallback(L.Callback):
                 r.ref_logps = summed_token_logps(g.logprobs, r.response_ids)
         if gen_s is not None:
             timing["gen_s"] = (timing["gen_s"] or 0.0) + gen_s
+            timing["sampled_tokens"] += sum(len(t) for g in gens for t in g.token_ids)
         timing["sync_s"] += sync_s
         return all_gather_list(rollouts)
 
@@ -386,10 +390,16 @@ def load_generations(
 
 
 def rollout_metrics(
-    rollouts: list[Rollout], gen_s: float | None, sync_s: float, n_tokens: int
+    rollouts: list[Rollout],
+    gen_s: float | None,
+    sync_s: float,
+    n_tokens: int,
+    sampled_tokens: int | None = None,
 ) -> dict[str, float]:
     """The ``rollout/*`` metrics (README, "What a run writes") from one iteration's scored rollouts; without
-    the generation's (``gen_s`` None) when it reused saved generations."""
+    the generation's (``gen_s`` None) when it reused saved generations. ``n_tokens``: the rollouts' response
+    tokens; ``sampled_tokens``: every token generated in ``gen_s``, refill rounds' set-aside groups included
+    (``rollout/tokens_per_s`` is the engine's speed, not the kept share's)."""
     scores = torch.tensor([r.scores for r in rollouts], dtype=torch.float64)
     wins = torch.tensor([r.p_hat for r in rollouts], dtype=torch.float64)
     metrics = {
@@ -399,7 +409,8 @@ def rollout_metrics(
     }
     if gen_s is not None:
         metrics |= {
-            "rollout/tokens_per_s": n_tokens / max(gen_s, 1e-9),
+            "rollout/tokens_per_s": (n_tokens if sampled_tokens is None else sampled_tokens)
+            / max(gen_s, 1e-9),
             "rollout/gen_s": gen_s,
             "rollout/sync_s": sync_s,
         }

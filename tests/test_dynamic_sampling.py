@@ -138,18 +138,25 @@ def _callback_over_fakes(monkeypatch, reference: str, logprobs: bool):
         next_prompts=lambda it, r, n: [{"prompt": p, "prompt_ids": [1], "answer": None} for p in rounds[r]],
         set_rollouts=lambda rollouts, it, step: None,
     )
-    trainer = SimpleNamespace(datamodule=dm, global_step=0, is_global_zero=True, loggers=[])
+    logged: dict = {}
+    logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.update(metrics))
+    trainer = SimpleNamespace(
+        datamodule=dm, global_step=0, is_global_zero=True, loggers=[logger], logged=logged
+    )
     gen = Generation([[5], [6]], ["a", "b"], ["stop", "stop"], [[-0.5], [-0.25]] if logprobs else None)
     oracle = SimpleNamespace(
         score_rollouts=lambda rs: [
-            setattr(r, "p_hat", [0.5, 0.5] if r.prompt.startswith("tie") else [0.75, 0.25]) for r in rs
+            (
+                setattr(r, "p_hat", [0.5, 0.5] if r.prompt.startswith("tie") else [0.75, 0.25]),
+                setattr(r, "scores", [0.0, 0.0] if r.prompt.startswith("tie") else [1.0, 0.0]),
+            )
+            for r in rs
         ]
     )
     cb = RolloutCallback(engine=None, sampling={"n": 2}, oracle=oracle, drop_ties=True, max_rounds=3)
     monkeypatch.setattr(
         cb, "generations", lambda tr, pm, it, prompts, rnd=0: ([gen] * len(prompts), 1.0, 0.0)
     )
-    monkeypatch.setattr("callbacks.rollout.rollout_metrics", lambda *a: {})
     return cb, trainer
 
 
@@ -207,3 +214,13 @@ def test_a_drop_ties_that_is_not_true_false_or_auto_is_refused():
 
     with pytest.raises(ValueError, match=r"rollout\.drop_ties must be true, false or auto, got 'yes'"):
         RolloutCallback(engine=None, sampling={"n": 4}, drop_ties="yes")
+
+
+def test_tokens_per_s_counts_every_round_and_response_len_the_kept_groups(monkeypatch):
+    """3 rounds of 2 prompts x 2 one-token samples in 1 s each: 12 tokens in 3 s, whatever was kept."""
+    cb, trainer = _callback_over_fakes(monkeypatch, "engine", logprobs=True)
+    cb.rollout(trainer, _PassCounter("engine"), iteration=0)
+    assert trainer.logged["rollout/gen_s"] == 3.0
+    assert trainer.logged["rollout/tokens_per_s"] == pytest.approx(4.0)
+    assert trainer.logged["rollout/response_len"] == 1.0
+    assert (trainer.logged["rollout/rounds"], trainer.logged["rollout/tied_fraction"]) == (3.0, 4 / 6)
