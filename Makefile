@@ -51,4 +51,5 @@ bench: model bench-trl
 	$(PY) -m bench.cpu_prepack
 	$(PY) -m bench.iteration
 	$(PY) -m bench.engine_logprobs
+	$(PY) -m bench.task_choice
 	$(PY) -m bench.learning

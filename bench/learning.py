@@ -3,10 +3,13 @@
     python -m bench.learning [--seeds 0 1] [--losses sppo dpo] [--add] [-- extra train.py overrides]
 
 Runs ``python train.py loss=<loss> seed=<seed>`` for each pair (the embedded CPU default: SmolLM2-135M-Instruct
-on arithmetic, 3 iterations of 32 prompts x K = 4 samples, the same for every loss), one process each, and
-collects ``val/acc`` per iteration (iteration 0 is the starting model). ``--add`` keeps the runs already in
-``learning.json`` (other seeds, with the same overrides) and adds these to them. Results:
-``bench/results/learning.{json,md,png}``. About 10 minutes a run on 2 CPU cores; run it alone on the machine.
+on 1-2 digit arithmetic, 3 iterations of 32 prompts x K = 4 samples with dynamic sampling, the same rollout
+settings for every loss), one process each, and collects ``val/acc`` per iteration (iteration 0 is the starting
+model). It reports, per loss, the mean gain and how many runs rose at every iteration, and the per-seed
+difference of the final ``val/acc``, SPPO minus DPO (same seed: same start and first prompts), with its 95%
+t interval. ``--add`` keeps the runs already in ``learning.json`` (other seeds, with the same overrides) and
+adds these to them. Results: ``bench/results/learning.{json,md,png}``. About 10 minutes a run on 2 CPU cores;
+run it alone on the machine (wall times are part of the result).
 """
 
 from __future__ import annotations

@@ -67,3 +67,46 @@ def test_timed_seconds_times_only_the_calls_after_the_warmups_and_runs_before_ea
     seconds = timed_seconds(lambda: calls.append(len(befores)), 3, warmup=2, before=lambda: befores.append(1))
     assert len(seconds) == 3 and all(s >= 0 for s in seconds)
     assert calls == [1, 2, 3, 4, 5]  # 5 calls, each after its own before()
+
+
+def test_the_paired_interval_is_the_t_interval_of_the_mean_difference():
+    from bench.learning import paired_interval
+
+    # mean 0.1; sample sd sqrt(0.02 / 3) = 0.08165; half width t(0.975, 3) = 3.182 x 0.08165 / 2 = 0.1299
+    mean, low, high = paired_interval([0.1, 0.2, 0.0, 0.1])
+    assert (mean, low, high) == pytest.approx((0.1, -0.0299, 0.2299), abs=1e-4)
+    with pytest.raises(ValueError, match="needs 2 to 11 paired seeds, got 1"):
+        paired_interval([0.1])
+
+
+def test_sppo_and_dpo_are_compared_seed_by_seed_on_the_final_iteration():
+    from bench.learning import comparison, per_loss_summary
+
+    runs = [
+        {"loss": "sppo", "seed": 0, "val_acc": [0.2, 0.3, 0.4], "wall_s": 10.0},
+        {"loss": "sppo", "seed": 1, "val_acc": [0.3, 0.2, 0.5], "wall_s": 20.0},
+        {"loss": "dpo", "seed": 0, "val_acc": [0.2, 0.25, 0.3], "wall_s": 30.0},
+        {"loss": "dpo", "seed": 1, "val_acc": [0.3, 0.3, 0.3], "wall_s": 30.0},
+        {"loss": "dpo", "seed": 2, "val_acc": [0.1, 0.2, 0.3], "wall_s": 30.0},  # no SPPO partner: left out
+    ]
+    diff = comparison(runs)
+    assert diff["seeds"] == [0, 1] and diff["diffs"] == pytest.approx([0.1, 0.2])
+    # mean 0.15, sd 0.0707, half width 12.706 x 0.0707 / sqrt(2) = 0.6353: the interval holds 0
+    assert diff["ci95"] == pytest.approx([-0.4853, 0.7853], abs=1e-4) and not diff["separated"]
+    summary = per_loss_summary(runs)
+    assert summary["sppo"] == {
+        "gain_mean": pytest.approx(0.2),
+        "rising_every_iteration": 1,
+        "runs": 2,
+        "wall_s_mean": 15.0,
+    }
+    assert summary["dpo"]["rising_every_iteration"] == 2  # a flat run (seed 1) does not rise
+
+
+def test_task_specs_and_the_informative_share():
+    from bench.task_choice import informative_share, parse_task
+
+    assert parse_task("+-*:1:2") == {"ops": ["+", "-", "*"], "min_digits": 1, "max_digits": 2}
+    groups = [[1, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 0], [1, 1, 1, 1, 1, 1]]
+    assert informative_share(groups, 4) == pytest.approx(1 / 3)  # only the first group disagrees in 4
+    assert informative_share(groups, 6) == pytest.approx(2 / 3)
