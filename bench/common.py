@@ -12,6 +12,17 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
 
+def train_config(overrides: list[str] | tuple = ()):
+    """``conf/train.yaml`` composed as ``python train.py <overrides>`` composes it (our resolvers registered),
+    for a benchmark that samples, scores or loads as a run would. ``paths.output_dir`` is not resolvable."""
+    from hydra import compose, initialize_config_dir
+
+    import sppo_pl.config  # noqa: F401  (resolvers)
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
 def machine() -> str:
     """This machine in a few words, for the results ("x86_64, 2 cores, no GPU")."""
     import torch

@@ -26,9 +26,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import run_info, timed_seconds, write_results
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench.common import ROOT, run_info, timed_seconds, write_results
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import lightning as L
 
-from bench.common import machine, write_results
+from bench.common import ROOT, machine, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
 PARTS = ("train", "val", "gen", "score", "ref_logps", "sync", "checkpoint")
 
 

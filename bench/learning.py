@@ -22,11 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, machine, write_results
+from bench.common import RESULTS, ROOT, machine, write_results
 from sppo_pl.report import markdown_table
 from sppo_pl.training import val_table
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def previous_runs(extra: list[str]) -> list[dict]:

@@ -1,10 +1,11 @@
 """Benchmark: which arithmetic task gives the default run the most signal? Measured on the starting model.
 
-    python -m bench.task_choice [--tasks "+-*:2:2" "+-:2:2" ...] [--prompts 32] [--k 8]
+    python -m bench.task_choice [--tasks "+-*:2:2" "+-:2:2" ...] [--prompts 32] [--k 8] [-- <overrides>]
 
 For each task (``ops:min_digits:max_digits`` of ``data=arithmetic``) it loads SmolLM2-135M-Instruct in vLLM
-once and measures what decides whether SPPO can learn from it, as ``python train.py`` would sample it
-(temperature 0.7, 128 new tokens, the chat template, the numeric verifier):
+once and measures what decides whether SPPO can learn from it, as ``python train.py`` would sample and score
+it: the model, ``rollout.sampling`` and ``reward`` come from ``conf/`` (``train.yaml`` with any Hydra overrides
+after ``--``; today temperature 0.7, 128 new tokens and the numeric verifier), prompts through the chat template:
 
 - greedy accuracy on the 128 held-out problems (the starting ``val/acc``);
 - on ``--prompts`` training prompts with ``--k`` samples each: the samples' accuracy, and the share of
@@ -22,10 +23,9 @@ import argparse
 import statistics
 import time
 
-from bench.common import ROOT, run_info, write_results
+from bench.common import run_info, train_config, write_results
 from sppo_pl.report import markdown_table
 
-MODEL = ROOT / "models" / "SmolLM2-135M-Instruct"
 DEFAULT_TASKS = ["+-*:2:2", "+-:2:2", "+-*:1:2", "+-:1:2", "+:2:3", "*:1:2"]
 
 
@@ -40,26 +40,30 @@ def informative_share(correct: list[list[float]], k: int) -> float:
     return statistics.mean(float(0 < sum(c[:k]) < k) for c in correct)
 
 
-def measure(engine, tokenizer, spec: str, n_prompts: int, k: int) -> dict:
+def measure(engine, tokenizer, cfg, spec: str, n_prompts: int, k: int) -> dict:
+    """One task's row; ``cfg``: the composed train config (sampling settings and the oracle)."""
+    from hydra.utils import instantiate
+
     from sppo_pl.data.arithmetic import arithmetic_splits
     from sppo_pl.datamodule import encode_prompt
-    from sppo_pl.rewards.math import correctness_scores
     from sppo_pl.rollout.base import SamplingConfig, request_seeds
 
     splits = arithmetic_splits(n_train=4096, n_test=128, seed=0, **parse_task(spec))
     test, train = splits["test"], splits["train"].select(range(n_prompts))
     ids = lambda rows: [encode_prompt(tokenizer, p) for p in rows["prompt"]]  # noqa: E731
 
+    sampling = {**cfg.rollout.sampling, "n": k}
+    oracle = instantiate(cfg.reward.oracle)
     start = time.perf_counter()
-    greedy = engine.generate(ids(test), SamplingConfig(n=1, temperature=0.0, max_tokens=128))
-    sampled = engine.generate(
-        ids(train), SamplingConfig(n=k, temperature=0.7, max_tokens=128), request_seeds(0, 0, n_prompts)
+    greedy = engine.generate(
+        ids(test), SamplingConfig(n=1, temperature=0.0, max_tokens=cfg.rollout.val_max_tokens)
     )
+    sampled = engine.generate(ids(train), SamplingConfig(**sampling), request_seeds(cfg.seed, 0, n_prompts))
     gen_s = time.perf_counter() - start
-    val = correctness_scores([g.texts[0] for g in greedy], test["answer"], "last_number", numeric=True)
+    val = oracle.score(test["prompt"], [g.texts[0] for g in greedy], answer=test["answer"])
     correct = [
-        correctness_scores(g.texts, [a] * k, "last_number", numeric=True)
-        for g, a in zip(sampled, train["answer"])
+        oracle.score([p] * k, g.texts, answer=[a] * k)
+        for g, p, a in zip(sampled, train["prompt"], train["answer"])
     ]
     lengths = [len(t) for g in greedy + sampled for t in g.token_ids]
     return {
@@ -78,26 +82,33 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml, after --")
     args = ap.parse_args()
+    cfg = train_config(args.overrides)
 
     from transformers import AutoTokenizer
 
     from sppo_pl.rollout.vllm_engine import VLLMEngine
 
-    tokenizer = AutoTokenizer.from_pretrained(MODEL)
-    engine = VLLMEngine(str(MODEL), dtype="float32", max_model_len=256, use_tqdm=False)
-    rows = [measure(engine, tokenizer, spec, args.prompts, args.k) for spec in args.tasks]
+    model = cfg.model.path
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    max_len = cfg.model.max_prompt_len + cfg.model.max_response_len
+    engine = VLLMEngine(model, dtype=cfg.model.dtype, max_model_len=max_len, use_tqdm=False)
+    rows = [measure(engine, tokenizer, cfg, spec, args.prompts, args.k) for spec in args.tasks]
     engine.close()
     cols = ["val_acc", "sample_acc", "informative_k4", f"informative_k{args.k}", "response_tokens", "gen_s"]
     lines = [
         f"# Arithmetic tasks on the starting SmolLM2-135M-Instruct ({run_info()['date']})",
         "",
         f"`python -m bench.task_choice`: greedy accuracy on 128 held-out problems; {args.prompts} training "
-        f"prompts x {args.k} samples at temperature 0.7 (informative: some samples right, some wrong).",
+        f"prompts x {args.k} samples at temperature {cfg.rollout.sampling.temperature}, up to "
+        f"{cfg.rollout.sampling.max_tokens} tokens, scored by `{cfg.reward.oracle._target_}` "
+        "(informative: some samples right, some wrong).",
         "",
         markdown_table("task (ops:digits)", cols, ((r["task"], [r[c] for c in cols]) for r in rows)),
     ]
-    write_results("task_choice", run_info(prompts=args.prompts, k=args.k, rows=rows), lines)
+    info = run_info(prompts=args.prompts, k=args.k, overrides=args.overrides, rows=rows)
+    write_results("task_choice", info, lines)
 
 
 if __name__ == "__main__":

@@ -35,9 +35,8 @@ from pathlib import Path
 
 import torch
 
-from bench.common import RESULTS, run_info, timed_seconds, write_results
+from bench.common import RESULTS, ROOT, run_info, timed_seconds, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
 TRL_PATH = Path(os.environ.get("SPPO_BENCH_TRL", ROOT / ".venv" / "bench-trl"))
 
 

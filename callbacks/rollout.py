@@ -102,9 +102,8 @@ class RolloutCallback(L.Callback):
             raise ValueError(
                 "the rollout callback needs its oracle: RolloutCallback(..., oracle=<reward callback>)"
             )
-        if self.drop_ties == "auto":
-            self.drop_ties = dynamic_sampling(self.drop_ties, self.oracle.oracle.is_verifier, self.sampling.n)
-            log.info("rollout: drop_ties=auto -> %s", self.drop_ties)
+        self.drop_ties = dynamic_sampling(self.drop_ties, self.oracle.oracle.is_verifier, self.sampling.n)
+        log.info("rollout: dynamic sampling (drop_ties) %s", "on" if self.drop_ties else "off")
         if self.engine is None:
             self.engine = self.make_engine(trainer, pl_module)
 
@@ -394,7 +393,7 @@ def rollout_metrics(
     gen_s: float | None,
     sync_s: float,
     n_tokens: int,
-    sampled_tokens: int | None = None,
+    sampled_tokens: int,
 ) -> dict[str, float]:
     """The ``rollout/*`` metrics (README, "What a run writes") from one iteration's scored rollouts; without
     the generation's (``gen_s`` None) when it reused saved generations. ``n_tokens``: the rollouts' response
@@ -409,8 +408,7 @@ def rollout_metrics(
     }
     if gen_s is not None:
         metrics |= {
-            "rollout/tokens_per_s": (n_tokens if sampled_tokens is None else sampled_tokens)
-            / max(gen_s, 1e-9),
+            "rollout/tokens_per_s": sampled_tokens / max(gen_s, 1e-9),
             "rollout/gen_s": gen_s,
             "rollout/sync_s": sync_s,
         }

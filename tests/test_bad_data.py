@@ -52,6 +52,39 @@ def test_an_empty_file_is_named_as_empty(tmp_path, name, text, match):
         local_splits(str(tmp_path / name), test_size=1)
 
 
+def test_csv_cells_are_read_as_the_text_written(tmp_path, tiny_tokenizer):
+    """A column of numbers with an empty cell stays text ("1", not pandas' "1.0"); "007" keeps its zeros;
+    "NA" is an answer, not a missing value; a UTF-8 BOM (Excel's CSV) is not part of the first column's name."""
+    path = tmp_path / "answers.csv"
+    path.write_bytes("\ufeffprompt,answer\nOne?,1\nCode?,007\nNone?,\nSay NA?,NA\n".encode())
+    ds = local_splits(str(path), test_size=1, seed=0)
+    read = {row["prompt"]: row["answer"] for split in ("train", "test") for row in ds[split]}
+    assert read == {"One?": "1", "Code?": "007", "None?": "", "Say NA?": "NA"}
+    dm = SPPODataModule(ds, tokenizer=tiny_tokenizer, prompts_per_iteration=1)
+    dm.setup("fit")
+    with pytest.raises(ValueError, match=r"answers\.csv row 2: no answer"):  # the empty cell is still missing
+        dm.check_answers(MATH)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (
+            "prompt,answer\nWhat is 1 + 1?,2\nWhat is 1,000 + 1?,1001\n",
+            r"line 3: 3 fields, but the header has 2",
+        ),
+        ("prompt,answer\nWhat is 1 + 1?\n", r"line 2: 1 fields, but the header has 2"),
+        ("prompt,prompt\na?,b?\n", r"column 'prompt' appears twice in the header"),
+    ],
+)
+def test_a_csv_row_that_does_not_fit_its_header_is_named(tmp_path, text, match):
+    """pandas would shift a row with one field too many into an index column, silently."""
+    path = tmp_path / "rows.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"data: {re.escape(str(path))}:? {match}"):
+        local_splits(str(path), test_size=1)
+
+
 MATH = {
     "_target_": "callbacks.reward.RewardCallback",
     "oracle": {"_target_": "sppo_pl.rewards.math.MathVerifier"},

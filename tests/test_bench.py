@@ -110,3 +110,33 @@ def test_task_specs_and_the_informative_share():
     groups = [[1, 0, 0, 0, 1, 1], [0, 0, 0, 0, 1, 0], [1, 1, 1, 1, 1, 1]]
     assert informative_share(groups, 4) == pytest.approx(1 / 3)  # only the first group disagrees in 4
     assert informative_share(groups, 6) == pytest.approx(2 / 3)
+
+
+def test_task_choice_samples_and_scores_as_the_composed_config_says(tiny_tokenizer):
+    """bench.task_choice takes its sampling settings and its oracle from conf/ (overrides included): an
+    engine that answers every greedy prompt right and half of each group's samples right gives accuracy 1,
+    sample accuracy 1/2 and only informative groups, and it was asked for the configured temperature."""
+    import re
+    from types import SimpleNamespace
+
+    from bench.common import train_config
+    from bench.task_choice import measure
+
+    asked = []
+
+    def answer(ids):
+        problem = re.search(r"What is (.+?)\?", tiny_tokenizer.decode(ids)).group(1)
+        return str(eval(problem))  # the task's own "a op b"
+
+    def generate(prompt_ids, sampling, seeds=None):
+        asked.append(sampling)
+        n = sampling.n
+        texts = lambda ids: [f"\\boxed{{{answer(ids)}}}" if i < (n + 1) // 2 else "no idea" for i in range(n)]  # noqa: E731
+        return [SimpleNamespace(texts=texts(ids), token_ids=[[1, 2]] * n) for ids in prompt_ids]
+
+    cfg = train_config(["rollout.sampling.temperature=0.9"])
+    row = measure(SimpleNamespace(generate=generate), tiny_tokenizer, cfg, "+-*:1:2", n_prompts=4, k=4)
+    assert (asked[0].n, asked[0].temperature) == (1, 0.0)
+    assert (asked[1].n, asked[1].temperature, asked[1].max_tokens) == (4, 0.9, cfg.model.max_response_len)
+    assert row["val_acc"] == 1.0 and row["sample_acc"] == 0.5
+    assert row["informative_k4"] == 1.0 and row["response_tokens"] == 2.0

@@ -209,11 +209,21 @@ def test_the_callback_resolves_auto_against_its_oracle_at_setup(is_verifier):
     assert cb.drop_ties is is_verifier
 
 
-def test_a_drop_ties_that_is_not_true_false_or_auto_is_refused():
+@pytest.mark.parametrize("value", ["yes", 1, 0, None])
+def test_a_drop_ties_that_is_not_true_false_or_auto_is_refused(value):
     from callbacks.rollout import RolloutCallback
 
-    with pytest.raises(ValueError, match=r"rollout\.drop_ties must be true, false or auto, got 'yes'"):
-        RolloutCallback(engine=None, sampling={"n": 4}, drop_ties="yes")
+    with pytest.raises(
+        ValueError, match=r"rollout\.drop_ties must be true, false or auto, got " + repr(value)
+    ):
+        RolloutCallback(engine=None, sampling={"n": 4}, drop_ties=value)
+
+
+@pytest.mark.parametrize("value", [True, False, "auto"])
+def test_true_false_and_auto_are_accepted(value):
+    from sppo_pl.rollout.base import check_drop_ties
+
+    check_drop_ties(value)
 
 
 def test_tokens_per_s_counts_every_round_and_response_len_the_kept_groups(monkeypatch):

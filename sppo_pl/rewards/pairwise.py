@@ -87,10 +87,24 @@ class PairwiseOracle(ClassifierOracle):
         ]
         return self.model.logits(inputs)
 
+    def checked_pair_logits(self, prompts: list[str], a: list[str], b: list[str]) -> torch.Tensor:
+        """:meth:`pair_logits`, checked: a NaN or infinite log-odds (a broken checkpoint, an overflow in
+        float16) is an error naming the oracle and the pair, before it turns P_hat and the loss into NaN."""
+        logits = self.pair_logits(prompts, a, b)
+        bad = (~torch.isfinite(logits)).nonzero()
+        if len(bad):
+            n = int(bad[0])
+            raise ValueError(
+                f"{self.source} gave a non-finite log-odds {logits[n].item()} for pair {n} of {len(logits)} "
+                f"(prompt {prompts[n]!r:.80}, responses {a[n]!r:.60} and {b[n]!r:.60}); check the model's "
+                "weights and reward.oracle.dtype (float16 can overflow)"
+            )
+        return logits
+
     def judge(self, rollouts: list[Rollout]) -> list[tuple[list[float], torch.Tensor]]:
         k = samples_per_prompt(rollouts)
         pairs = ordered_pairs(k, self.both_orders)
-        logits = self.pair_logits(
+        logits = self.checked_pair_logits(
             [r.prompt for r in rollouts for _ in pairs],
             [r.responses[i] for r in rollouts for i, _ in pairs],
             [r.responses[j] for r in rollouts for _, j in pairs],
@@ -102,5 +116,5 @@ class PairwiseOracle(ClassifierOracle):
 
     def compare(self, prompts, a, b, **fields):
         """P(a_n > b_n) = sigmoid((l(a, b) - l(b, a)) / 2), both orders judged."""
-        ab, ba = self.pair_logits(prompts, a, b), self.pair_logits(prompts, b, a)
+        ab, ba = self.checked_pair_logits(prompts, a, b), self.checked_pair_logits(prompts, b, a)
         return torch.sigmoid((ab.double() - ba.double()) / 2).tolist()

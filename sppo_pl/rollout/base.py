@@ -92,12 +92,9 @@ def _real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-DROP_TIES = (True, False, "auto")
-
-
 def check_drop_ties(value) -> None:
-    """``rollout.drop_ties`` is true, false or auto."""
-    if not any(value is v or (isinstance(v, str) and value == v) for v in DROP_TIES):
+    """``rollout.drop_ties`` is true, false or auto (not 1, 0 or "yes": a bool or the one string)."""
+    if not (value is True or value is False or value == "auto"):
         raise ValueError(f"rollout.drop_ties must be true, false or auto, got {value!r}")
 
 

@@ -166,8 +166,11 @@ def check_target(out: Path, models_dir: str | Path | None) -> None:
 
 
 def _cached(out: Path, spec: dict) -> bool:
-    stamp = out / "sppo_tiny.json"
-    return stamp.exists() and json.loads(stamp.read_text()) == spec
+    """``out`` is a complete tiny model built from ``spec`` (its stamp is written last, and moved in with it)."""
+    try:
+        return json.loads((out / "sppo_tiny.json").read_text()) == spec
+    except (OSError, ValueError):  # none yet, or a peer replacing it this instant
+        return False
 
 
 def _save(out: Path, model, tokenizer, spec: dict) -> Path:
@@ -181,11 +184,21 @@ def _save(out: Path, model, tokenizer, spec: dict) -> Path:
 
 
 def _publish(out: Path, write, spec: dict) -> Path:
-    """``write(tmp)`` into a temporary sibling of ``out``, stamp it with ``spec``, then move it into place."""
+    """``write(tmp)`` into a temporary sibling of ``out``, stamp it with ``spec``, then move it into place.
+
+    Every rank of a torchrun/srun launch may build the same model at once: a complete ``out`` with the same
+    ``spec`` that a peer published meanwhile is kept (a peer may be loading it), and this copy dropped."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    write(tmp)
-    (tmp / "sppo_tiny.json").write_text(json.dumps(spec))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    try:
+        write(tmp)
+        (tmp / "sppo_tiny.json").write_text(json.dumps(spec))
+        if not _cached(out, spec):
+            shutil.rmtree(out, ignore_errors=True)  # an older tiny model (check_target refuses anything else)
+            tmp.rename(out)
+    except OSError:
+        if not _cached(out, spec):  # the rename lost to a peer publishing the same model is no error
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
