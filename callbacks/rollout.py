@@ -50,6 +50,7 @@ from sppo_pl.rollout.base import (
     RolloutEngine,
     SamplingConfig,
     check_drop_ties,
+    check_val_max_tokens,
     dynamic_sampling,
     request_seeds,
 )
@@ -77,13 +78,16 @@ class RolloutCallback(L.Callback):
         if not (isinstance(max_rounds, int) and max_rounds >= 1):
             raise ValueError(f"rollout.max_rounds must be a whole number >= 1, got {max_rounds!r}")
         check_drop_ties(drop_ties)
+        check_val_max_tokens(val_max_tokens)
         self.mode, self.seed = mode, seed
         self.drop_ties, self.max_rounds = drop_ties, max_rounds
         self.oracle = oracle  # the run's reward callback, handed over by training.build
         self.engine_factory = engine
         self.sampling = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig(**sampling)
         self.val_sampling = SamplingConfig(
-            n=1, temperature=0.0, max_tokens=val_max_tokens or self.sampling.max_tokens
+            n=1,
+            temperature=0.0,
+            max_tokens=self.sampling.max_tokens if val_max_tokens is None else val_max_tokens,
         )
         self.save_dir = Path(save_dir) if save_dir else None
         self.engine: RolloutEngine | None = None

@@ -94,7 +94,7 @@ def check_sampling(cfg: DictConfig) -> None:
     ``rollout.max_rounds`` >= 1, and ``rollout.val_max_tokens`` is unset or >= 1."""
     from dataclasses import fields
 
-    from sppo_pl.rollout.base import SamplingConfig
+    from sppo_pl.rollout.base import SamplingConfig, check_drop_ties, check_val_max_tokens
 
     sampling = cfg.rollout.get("sampling")
     if sampling is not None:
@@ -110,20 +110,13 @@ def check_sampling(cfg: DictConfig) -> None:
         raise ValueError(f"rollout.max_rounds must be a whole number >= 1, got {rounds!r}")
     drop_ties = cfg.rollout.get("drop_ties")
     if drop_ties is not None:
-        from sppo_pl.rollout.base import check_drop_ties
-
         check_drop_ties(drop_ties)
     if drop_ties is True and sampling is not None and sampling.get("n") == 1:
         raise ValueError(
             "rollout.drop_ties=true with rollout.sampling.n=1: one sample per prompt always ties with itself "
             "(P_hat = 1/2), so every prompt would be dropped; sample K >= 2 or leave drop_ties off"
         )
-    val = cfg.rollout.get("val_max_tokens")
-    if val is not None and (not _whole(val) or val < 1):
-        raise ValueError(
-            "rollout.val_max_tokens must be a whole number >= 1 (or null: rollout.sampling.max_tokens), "
-            f"got {val!r}"
-        )
+    check_val_max_tokens(cfg.rollout.get("val_max_tokens"))
 
 
 def check_loss(cfg: DictConfig, loss) -> None:

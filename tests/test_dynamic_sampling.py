@@ -219,6 +219,17 @@ def test_a_drop_ties_that_is_not_true_false_or_auto_is_refused(value):
         RolloutCallback(engine=None, sampling={"n": 4}, drop_ties=value)
 
 
+def test_validation_length_is_the_sampling_one_unless_set_and_zero_is_refused():
+    """Built without train.py (no config check), val_max_tokens=0 was read as unset: 128 tokens, silently."""
+    from callbacks.rollout import RolloutCallback
+
+    sampling = {"n": 4, "max_tokens": 128}
+    assert RolloutCallback(engine=None, sampling=sampling).val_sampling.max_tokens == 128
+    assert RolloutCallback(engine=None, sampling=sampling, val_max_tokens=32).val_sampling.max_tokens == 32
+    with pytest.raises(ValueError, match=r"rollout\.val_max_tokens must be a whole number >= 1 .*got 0"):
+        RolloutCallback(engine=None, sampling=sampling, val_max_tokens=0)
+
+
 @pytest.mark.parametrize("value", [True, False, "auto"])
 def test_true_false_and_auto_are_accepted(value):
     from sppo_pl.rollout.base import check_drop_ties

@@ -92,6 +92,15 @@ def _real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def check_val_max_tokens(value) -> None:
+    """``rollout.val_max_tokens``: null (the sampling's ``max_tokens``) or a whole number >= 1."""
+    if value is not None and (not _whole(value) or value < 1):
+        raise ValueError(
+            "rollout.val_max_tokens must be a whole number >= 1 (or null: rollout.sampling.max_tokens), "
+            f"got {value!r}"
+        )
+
+
 def check_drop_ties(value) -> None:
     """``rollout.drop_ties`` is true, false or auto (not 1, 0 or "yes": a bool or the one string)."""
     if not (value is True or value is False or value == "auto"):
