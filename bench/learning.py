@@ -1,6 +1,6 @@
 """Benchmark: does SPPO learn? SPPO vs iterative DPO vs the starting model, at the same rollout budget.
 
-    python -m bench.learning [--seeds 0 1] [--losses sppo dpo] [--add] [-- extra train.py overrides]
+    python -m bench.learning [--seeds 0 1] [--losses sppo dpo] [--add] [--name NAME] [-- train.py overrides]
 
 Runs ``python train.py loss=<loss> seed=<seed>`` for each pair (the embedded CPU default: SmolLM2-135M-Instruct
 on 1-2 digit arithmetic, 3 iterations of 32 prompts x K = 4 samples with dynamic sampling, the same rollout
@@ -8,8 +8,9 @@ settings for every loss), one process each, and collects ``val/acc`` per iterati
 model). It reports, per loss, the mean gain and how many runs rose at every iteration, and the per-seed
 difference of the final ``val/acc``, SPPO minus DPO (same seed: same start and first prompts), with its 95%
 t interval. ``--add`` keeps the runs already in ``learning.json`` (other seeds, with the same overrides) and
-adds these to them. Results: ``bench/results/learning.{json,md,png}``. About 10 minutes a run on 2 CPU cores;
-run it alone on the machine (wall times are part of the result).
+adds these to them. Results: ``bench/results/<name>.{json,md,png}`` (``--name``, default ``learning``: another
+name keeps a variant, e.g. another learning rate, apart from the default's results). About 10 minutes a run on
+2 CPU cores; run it alone on the machine (wall times are part of the result).
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from sppo_pl.report import markdown_table
 from sppo_pl.training import val_table
 
 
-def previous_runs(extra: list[str]) -> list[dict]:
-    """The runs in ``learning.json``, if they were made with the same ``train.py`` overrides."""
-    path = RESULTS / "learning.json"
+def previous_runs(extra: list[str], name: str = "learning") -> list[dict]:
+    """The runs in ``<name>.json``, if they were made with the same ``train.py`` overrides."""
+    path = RESULTS / f"{name}.json"
     if not path.exists():
         return []
     old = json.loads(path.read_text())
@@ -38,9 +39,12 @@ def previous_runs(extra: list[str]) -> list[dict]:
     return old["runs"]
 
 
-def run_one(loss: str, seed: int, log_dir: Path, extra: list[str]) -> dict:
-    """One training run; its val/acc per iteration and wall time."""
-    task = f"learning_{loss}_seed{seed}"
+def run_one(loss: str, seed: int, log_dir: Path, extra: list[str], name: str = "learning") -> dict:
+    """One training run (Hydra task ``<name>_<loss>_seed<seed>``); its val/acc per iteration and wall time.
+    The run is the one new run directory: earlier runs of the same task stay where they are."""
+    task = f"{name}_{loss}_seed{seed}"
+    runs = log_dir / task / "runs"
+    before = set(runs.iterdir()) if runs.is_dir() else set()
     cmd = [sys.executable, "train.py", f"loss={loss}", f"seed={seed}", f"task_name={task}"]
     cmd += [f"paths.log_dir={log_dir}", "export_hf=false", *extra]
     start = time.perf_counter()
@@ -48,7 +52,7 @@ def run_one(loss: str, seed: int, log_dir: Path, extra: list[str]) -> dict:
     wall = time.perf_counter() - start
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    (run,) = (log_dir / task / "runs").iterdir()
+    (run,) = set(runs.iterdir()) - before
     rows = val_table(run / "metrics.csv")
     return {
         "loss": loss,
@@ -178,13 +182,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--losses", nargs="+", default=["sppo", "dpo"])
     parser.add_argument("--log-dir", default=str(ROOT / "outputs" / "bench"))
-    parser.add_argument("--add", action="store_true", help="add to the runs already in learning.json")
+    parser.add_argument("--add", action="store_true", help="add to the runs already in <name>.json")
+    parser.add_argument("--name", default="learning", help="results bench/results/<name>.*, tasks <name>_*")
     parser.add_argument("extra", nargs="*", help="train.py overrides for every run (after --)")
     args = parser.parse_args(argv)
-    runs = previous_runs(args.extra) if args.add else []
+    runs = previous_runs(args.extra, args.name) if args.add else []
     done = {(r["loss"], r["seed"]) for r in runs}
     runs += [
-        run_one(loss, seed, Path(args.log_dir), args.extra)
+        run_one(loss, seed, Path(args.log_dir), args.extra, args.name)
         for seed in args.seeds
         for loss in args.losses
         if (loss, seed) not in done
@@ -197,8 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     result["summary"], result["sppo_minus_dpo"] = per_loss_summary(runs), comparison(runs)
     head = [f"# val/acc per iteration ({result['date']}, overrides: {' '.join(args.extra) or 'none'})", ""]
     lines = head + [table(runs, means), "", *summary_lines(result["summary"], result["sppo_minus_dpo"])]
-    write_results("learning", result, lines)
-    plot(runs, means, RESULTS / "learning.png")
+    write_results(args.name, result, lines)
+    plot(runs, means, RESULTS / f"{args.name}.png")
 
 
 if __name__ == "__main__":

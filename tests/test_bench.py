@@ -60,6 +60,30 @@ def test_learning_add_keeps_earlier_runs_only_when_made_with_the_same_overrides(
         bench.learning.previous_runs([])
 
 
+def test_a_learning_run_is_read_from_its_own_new_run_directory(tmp_path, monkeypatch):
+    """A task run before (an earlier bench) leaves its run directory: the new run is the one read, not an
+    error after 10 minutes of training."""
+    from types import SimpleNamespace
+
+    import bench.learning
+
+    runs = tmp_path / "lr2_sppo_seed1" / "runs"
+    old = runs / "2026-11-26_10-00-00_aaaaaa"
+    old.mkdir(parents=True)
+    (old / "metrics.csv").write_text("val/acc,val/iteration\n0.1,0\n0.1,1\n")
+
+    def train(cmd, **kwargs):  # stands for train.py: one new run directory with its metrics
+        assert "task_name=lr2_sppo_seed1" in cmd and "optim.optimizer.lr=2e-5" in cmd
+        new = runs / "2026-11-27_10-00-00_bbbbbb"
+        new.mkdir()
+        (new / "metrics.csv").write_text("val/acc,val/iteration\n0.25,0\n0.5,1\n")
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(bench.learning.subprocess, "run", train)
+    run = bench.learning.run_one("sppo", 1, tmp_path, ["optim.optimizer.lr=2e-5"], name="lr2")
+    assert run["val_acc"] == [0.25, 0.5] and run["run_dir"].endswith("bbbbbb")
+
+
 def test_timed_seconds_times_only_the_calls_after_the_warmups_and_runs_before_each():
     from bench.common import timed_seconds
 
