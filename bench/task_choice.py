@@ -46,19 +46,17 @@ def measure(engine, tokenizer, cfg, spec: str, n_prompts: int, k: int) -> dict:
 
     from sppo_pl.data.arithmetic import arithmetic_splits
     from sppo_pl.datamodule import encode_prompt
-    from sppo_pl.rollout.base import SamplingConfig, request_seeds
+    from sppo_pl.rollout.base import SamplingConfig, request_seeds, validation_sampling
 
     splits = arithmetic_splits(n_train=4096, n_test=128, seed=0, **parse_task(spec))
     test, train = splits["test"], splits["train"].select(range(n_prompts))
     ids = lambda rows: [encode_prompt(tokenizer, p) for p in rows["prompt"]]  # noqa: E731
 
-    sampling = {**cfg.rollout.sampling, "n": k}
+    sampling = SamplingConfig(**{**cfg.rollout.sampling, "n": k})
     oracle = instantiate(cfg.reward.oracle)
     start = time.perf_counter()
-    greedy = engine.generate(
-        ids(test), SamplingConfig(n=1, temperature=0.0, max_tokens=cfg.rollout.val_max_tokens)
-    )
-    sampled = engine.generate(ids(train), SamplingConfig(**sampling), request_seeds(cfg.seed, 0, n_prompts))
+    greedy = engine.generate(ids(test), validation_sampling(sampling, cfg.rollout.val_max_tokens))
+    sampled = engine.generate(ids(train), sampling, request_seeds(cfg.seed, 0, n_prompts))
     gen_s = time.perf_counter() - start
     val = oracle.score(test["prompt"], [g.texts[0] for g in greedy], answer=test["answer"])
     correct = [

@@ -50,9 +50,10 @@ from sppo_pl.rollout.base import (
     RolloutEngine,
     SamplingConfig,
     check_drop_ties,
-    check_val_max_tokens,
+    check_max_rounds,
     dynamic_sampling,
     request_seeds,
+    validation_sampling,
 )
 from sppo_pl.rollout.hf_engine import HFEngine
 from sppo_pl.types import Rollout
@@ -75,20 +76,14 @@ class RolloutCallback(L.Callback):
     ):
         if mode not in ("colocate", "rank0"):
             raise ValueError(f"rollout.mode must be 'colocate' or 'rank0', got {mode!r}")
-        if not (isinstance(max_rounds, int) and max_rounds >= 1):
-            raise ValueError(f"rollout.max_rounds must be a whole number >= 1, got {max_rounds!r}")
+        check_max_rounds(max_rounds)
         check_drop_ties(drop_ties)
-        check_val_max_tokens(val_max_tokens)
         self.mode, self.seed = mode, seed
         self.drop_ties, self.max_rounds = drop_ties, max_rounds
         self.oracle = oracle  # the run's reward callback, handed over by training.build
         self.engine_factory = engine
         self.sampling = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig(**sampling)
-        self.val_sampling = SamplingConfig(
-            n=1,
-            temperature=0.0,
-            max_tokens=self.sampling.max_tokens if val_max_tokens is None else val_max_tokens,
-        )
+        self.val_sampling = validation_sampling(self.sampling, val_max_tokens)
         self.save_dir = Path(save_dir) if save_dir else None
         self.engine: RolloutEngine | None = None
         self._synced_step: int | None = None

@@ -94,7 +94,7 @@ def check_sampling(cfg: DictConfig) -> None:
     ``rollout.max_rounds`` >= 1, and ``rollout.val_max_tokens`` is unset or >= 1."""
     from dataclasses import fields
 
-    from sppo_pl.rollout.base import SamplingConfig, check_drop_ties, check_val_max_tokens
+    from sppo_pl.rollout.base import SamplingConfig, check_drop_ties, check_max_rounds, check_val_max_tokens
 
     sampling = cfg.rollout.get("sampling")
     if sampling is not None:
@@ -105,9 +105,8 @@ def check_sampling(cfg: DictConfig) -> None:
                 f"rollout.sampling.{unknown[0]} is not a sampling setting (rollout.sampling takes {', '.join(known)})"
             )
         SamplingConfig(**OmegaConf.to_container(sampling, resolve=True))
-    rounds = cfg.rollout.get("max_rounds")
-    if rounds is not None and (not _whole(rounds) or rounds < 1):
-        raise ValueError(f"rollout.max_rounds must be a whole number >= 1, got {rounds!r}")
+    if cfg.rollout.get("max_rounds") is not None:
+        check_max_rounds(cfg.rollout.max_rounds)
     drop_ties = cfg.rollout.get("drop_ties")
     if drop_ties is not None:
         check_drop_ties(drop_ties)

@@ -151,9 +151,8 @@ def test_a_tiny_model_a_peer_published_meanwhile_is_kept(tmp_path: Path) -> None
     assert (out / "open-by-peer").exists() and (out / "weights").read_text() == "peer's"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]  # no temporary copy left behind
     tiny_model._publish(out, lambda t: (t / "weights").write_text("new"), {"kind": "test", "seed": 1})
-    assert (out / "weights").read_text() == "new" and not (
-        out / "open-by-peer"
-    ).exists()  # a new spec replaces
+    assert (out / "weights").read_text() == "new"  # a new spec replaces the old model
+    assert not (out / "open-by-peer").exists()
 
 
 def test_fetching_writes_only_under_models_dir(tmp_path: Path, monkeypatch) -> None:

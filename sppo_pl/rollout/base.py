@@ -92,6 +92,20 @@ def _real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def check_max_rounds(value) -> None:
+    """``rollout.max_rounds``: a whole number >= 1 (rounds of sampling under dynamic sampling)."""
+    if not _whole(value) or value < 1:
+        raise ValueError(f"rollout.max_rounds must be a whole number >= 1, got {value!r}")
+
+
+def validation_sampling(sampling: SamplingConfig, val_max_tokens: int | None) -> SamplingConfig:
+    """How validation samples: one greedy response per prompt, up to ``val_max_tokens`` tokens (None: the
+    training sampling's ``max_tokens``)."""
+    check_val_max_tokens(val_max_tokens)
+    max_tokens = sampling.max_tokens if val_max_tokens is None else val_max_tokens
+    return SamplingConfig(n=1, temperature=0.0, max_tokens=max_tokens)
+
+
 def check_val_max_tokens(value) -> None:
     """``rollout.val_max_tokens``: null (the sampling's ``max_tokens``) or a whole number >= 1."""
     if value is not None and (not _whole(value) or value < 1):
