@@ -75,6 +75,12 @@ def measure(engine, tokenizer, cfg, spec: str, n_prompts: int, k: int) -> dict:
     }
 
 
+def table_columns(k: int) -> list[str]:
+    """The result table's columns: the informative share at 4 samples and at ``k`` (once when ``k`` is 4)."""
+    cols = ["val_acc", "sample_acc", "informative_k4", f"informative_k{k}", "response_tokens", "gen_s"]
+    return list(dict.fromkeys(cols))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
@@ -94,7 +100,7 @@ def main() -> None:
     engine = VLLMEngine(model, dtype=cfg.model.dtype, max_model_len=max_len, use_tqdm=False)
     rows = [measure(engine, tokenizer, cfg, spec, args.prompts, args.k) for spec in args.tasks]
     engine.close()
-    cols = ["val_acc", "sample_acc", "informative_k4", f"informative_k{args.k}", "response_tokens", "gen_s"]
+    cols = table_columns(args.k)
     lines = [
         f"# Arithmetic tasks on the starting SmolLM2-135M-Instruct ({run_info()['date']})",
         "",

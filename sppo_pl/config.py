@@ -131,10 +131,12 @@ def check_batches(cfg: DictConfig) -> None:
     """``data.prompts_per_iteration`` splits evenly over the ranks (``trainer.devices`` x ``trainer.num_nodes``),
     and each rank's share of an iteration's rollouts fills at least one ``data.batch_size`` batch (a larger
     batch would silently train on one short batch per iteration)."""
+    from sppo_pl.rollout.base import is_whole
+
     data = cfg.data
     for key in ("prompts_per_iteration", "batch_size", "val_batch_size"):
         value = data.get(key, 1)
-        if not _whole(value) or value < 1:
+        if not is_whole(value) or value < 1:
             raise ValueError(f"data.{key} must be a whole number >= 1, got {value!r}")
     per_iteration, batch = data.get("prompts_per_iteration"), data.get("batch_size")
     if per_iteration is None or batch is None:
@@ -219,10 +221,6 @@ def _source_key(step: DictConfig, field: str, name: str) -> str:
     raw = OmegaConf.to_container(step, resolve=False).get(field)
     match = re.fullmatch(r"\$\{([\w.]+)\}", str(raw))
     return match.group(1) if match else f"{name}.{field}"
-
-
-def _whole(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def check_runtime(cfg: DictConfig) -> None:

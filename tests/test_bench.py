@@ -136,6 +136,16 @@ def test_task_specs_and_the_informative_share():
     assert informative_share(groups, 6) == pytest.approx(2 / 3)
 
 
+def test_task_choice_table_names_each_informative_column_once():
+    from bench.task_choice import table_columns
+
+    assert [c for c in table_columns(4) if c.startswith("informative")] == ["informative_k4"]
+    assert [c for c in table_columns(8) if c.startswith("informative")] == [
+        "informative_k4",
+        "informative_k8",
+    ]
+
+
 def test_task_choice_samples_and_scores_as_the_composed_config_says(tiny_tokenizer):
     """bench.task_choice takes its sampling settings and its oracle from conf/ (overrides included): an
     engine that answers every greedy prompt right and half of each group's samples right gives accuracy 1,

@@ -74,17 +74,18 @@ class PeerEngine:
 def check_sampling(n, temperature, top_p, max_tokens, key: str = "rollout.sampling") -> None:
     """Sampling settings a generation can use, else a ValueError naming ``{key}.<field>``: ``n`` and
     ``max_tokens`` whole numbers >= 1, ``temperature`` a finite number >= 0, ``top_p`` in (0, 1]."""
-    if not _whole(n) or n < 1:
+    if not is_whole(n) or n < 1:
         raise ValueError(f"{key}.n (samples per prompt) must be a whole number >= 1, got {n!r}")
     if not _real(temperature) or not 0 <= temperature < math.inf:
         raise ValueError(f"{key}.temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
     if not _real(top_p) or not 0 < top_p <= 1:
         raise ValueError(f"{key}.top_p must be in (0, 1], got {top_p!r}")
-    if not _whole(max_tokens) or max_tokens < 1:
+    if not is_whole(max_tokens) or max_tokens < 1:
         raise ValueError(f"{key}.max_tokens must be a whole number >= 1, got {max_tokens!r}")
 
 
-def _whole(x) -> bool:
+def is_whole(x) -> bool:
+    """An integer and not a bool (the config checks' "whole number")."""
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
@@ -94,7 +95,7 @@ def _real(x) -> bool:
 
 def check_max_rounds(value) -> None:
     """``rollout.max_rounds``: a whole number >= 1 (rounds of sampling under dynamic sampling)."""
-    if not _whole(value) or value < 1:
+    if not is_whole(value) or value < 1:
         raise ValueError(f"rollout.max_rounds must be a whole number >= 1, got {value!r}")
 
 
@@ -108,7 +109,7 @@ def validation_sampling(sampling: SamplingConfig, val_max_tokens: int | None) ->
 
 def check_val_max_tokens(value) -> None:
     """``rollout.val_max_tokens``: null (the sampling's ``max_tokens``) or a whole number >= 1."""
-    if value is not None and (not _whole(value) or value < 1):
+    if value is not None and (not is_whole(value) or value < 1):
         raise ValueError(
             "rollout.val_max_tokens must be a whole number >= 1 (or null: rollout.sampling.max_tokens), "
             f"got {value!r}"
