@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
@@ -165,17 +166,62 @@ class SPPOModule(L.LightningModule):
 
 
 def load_policy(model_path: str, dtype: str = "float32", attn_implementation: str | None = None) -> nn.Module:
-    """A causal LM from a local directory (or hub name), dropout disabled: log-ratios must be deterministic."""
-    from transformers import AutoModelForCausalLM
+    """A causal LM from a local directory (or hub name), dropout disabled: log-ratios must be deterministic.
 
-    kwargs = {"dtype": getattr(torch, dtype)}
+    pi_t's log-probs come from eval-mode passes (or the engine), the policy's from train-mode ones, so any live
+    dropout makes log(pi_theta / pi_t) noisy even at theta = pi_t. Besides ``nn.Dropout`` modules, HF models
+    apply rates read from their config (Llama's ``attention_dropout``, OPT's ``dropout``): those are zeroed in
+    the config the model is built from, and kept as ``model.zeroed_dropout`` for :func:`restore_dropout`.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path)
+    zeroed = zero_dropout(config)
+    kwargs = {"dtype": getattr(torch, dtype), "config": config}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
+    model.zeroed_dropout = zeroed
     return model.train()
+
+
+_DROPOUT_FIELD = re.compile(r"dropout|pdrop|layerdrop")
+
+
+def zero_dropout(config) -> dict[str, float]:
+    """Set every dropout rate of a transformers config, sub-configs included, to 0.0.
+
+    A rate is a number > 0 in a field whose name holds ``dropout``, ``pdrop`` or ``layerdrop``. Returns the
+    original values by dotted field name, e.g. ``{"attention_dropout": 0.1, "text_config.dropout": 0.1}``.
+    """
+    from transformers import PretrainedConfig
+
+    zeroed = {}
+    for key, value in list(vars(config).items()):
+        if isinstance(value, PretrainedConfig):
+            zeroed |= {f"{key}.{k}": v for k, v in zero_dropout(value).items()}
+        elif (
+            _DROPOUT_FIELD.search(key)
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and value > 0
+        ):
+            setattr(config, key, 0.0)
+            zeroed[key] = value
+    return zeroed
+
+
+def restore_dropout(config, zeroed: dict[str, float]) -> None:
+    """Put back the rates :func:`zero_dropout` took out (``zeroed``), e.g. before the policy is exported."""
+    for dotted, value in zeroed.items():
+        *parents, key = dotted.split(".")
+        target = config
+        for name in parents:
+            target = getattr(target, name)
+        setattr(target, key, value)
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:

@@ -53,3 +53,29 @@ def test_sequence_logps_ignores_prompt_and_padding(tiny_model_dir):
     with torch.no_grad():
         again = sequence_logps(model, ids, batch["attention_mask"], batch["response_mask"])
     torch.testing.assert_close(again, got)
+
+
+def model_with_attention_dropout(tiny_model_dir, out):
+    """The tiny Llama with ``attention_dropout=0.1`` in its config (a rate HF applies in train mode)."""
+    import json
+    import shutil
+
+    shutil.copytree(tiny_model_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.1}))
+    return out
+
+
+def test_config_dropout_rates_are_off_while_training(tiny_model_dir, tmp_path):
+    """log(pi_theta / pi_t) is 0 at theta = pi_t: the train-mode pass (the policy's) equals the eval-mode pass
+    (how pi_t is taken), with a dropout rate that lives in the model's config rather than an nn.Dropout."""
+    model = load_policy(str(model_with_attention_dropout(tiny_model_dir, tmp_path / "m")))
+    assert model.zeroed_dropout == {"attention_dropout": 0.1} and model.config.attention_dropout == 0.0
+    rollouts = [Rollout("a", [5, 6, 7, 8], ["", ""], [[20, 21, 22, 23], [30, 31]])]
+    batch = collate_rollouts(rollouts, pad_id=0)
+    args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    with torch.no_grad():
+        ref = sequence_logps(model.eval(), *args)
+        twice = [sequence_logps(model.train(), *args) for _ in range(2)]
+    for got in twice:
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)

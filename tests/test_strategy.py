@@ -139,6 +139,22 @@ def test_ckpt_path_accepts_a_run_directory(tmp_path):
         resolve_ckpt(str(tmp_path))
 
 
+def test_export_keeps_the_source_models_dropout_rates(tiny_model_dir, tmp_path):
+    """Training zeroes the config's dropout rates (tests/test_logprobs.py); the exported config has them back."""
+    import json
+
+    from sppo_pl.export import export_hf
+    from sppo_pl.module import load_policy
+    from tests.test_logprobs import model_with_attention_dropout
+
+    source = model_with_attention_dropout(tiny_model_dir, tmp_path / "m")
+    state = {f"policy.{k}": v for k, v in load_policy(str(source)).state_dict().items()}
+    ckpt = tmp_path / "x.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": {"model_path": str(source)}}, ckpt)
+    out = export_hf(ckpt, tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["attention_dropout"] == 0.1
+
+
 def test_export_writes_a_directory_transformers_loads(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
