@@ -7,7 +7,8 @@ a length known in advance (``data.prompts_per_iteration`` prompt groups) and is 
 batch is read. By then the previous iteration's checkpoint is on disk (ModelCheckpoint writes it at that
 iteration's end), so a failure while making rollouts (an oracle error, a missing answer) loses nothing that
 was trained. The generations are saved (``rollouts/epoch_K.generated.jsonl``) before they are scored: a
-resumed run that finds them, sampled by the same policy step, scores them again instead of sampling anew.
+resumed run that finds them, sampled by the same policy step for the same prompts, with the same seeds, model
+path and ``rollout.sampling``, scores them again instead of sampling anew.
 Before each generation, and before validation, the policy's current weights are pushed into the running
 engine in place (once per optimizer step: a sync is skipped when the policy has not changed since the last).
 
@@ -309,7 +310,15 @@ class RolloutCallback(L.Callback):
         iteration from the same policy step, else sampled now (each rank its share) and saved before anything
         scores them."""
         step = trainer.global_step
-        saved = load_generations(self.save_dir, iteration, step, [p["prompt"] for p in prompts], rnd)
+        logprobs = pl_module.hparams.reference == "engine"
+        sampled_with = {
+            "model": pl_module.hparams.model_path,
+            "sampling": asdict(self.sampling),
+            "logprobs": logprobs,
+        }
+        every_seed = request_seeds(self.seed, iteration, len(prompts), start=rnd * len(prompts))
+        texts = [p["prompt"] for p in prompts]
+        saved = load_generations(self.save_dir, iteration, step, texts, rnd, every_seed, sampled_with)
         if saved is not None:
             log.info(
                 "rollout: iteration %d reuses the %d generations saved at step %d",
@@ -319,18 +328,25 @@ class RolloutCallback(L.Callback):
             )
             return saved, None, 0.0
         a, b = shard_bounds(len(prompts), *rank_and_world())
-        seeds = request_seeds(self.seed, iteration, len(prompts), start=rnd * len(prompts))[a:b]
         sync_s = self.wake_and_sync(trainer, pl_module)
         start = time.perf_counter()
-        logprobs = pl_module.hparams.reference == "engine"
-        gens = self.generate_own([p["prompt_ids"] for p in prompts[a:b]], self.sampling, seeds, logprobs)
+        gens = self.generate_own(
+            [p["prompt_ids"] for p in prompts[a:b]], self.sampling, every_seed[a:b], logprobs
+        )
         gen_s = time.perf_counter() - start
         self.sleep()
         gens = all_gather_list(gens)
         if trainer.is_global_zero and self.save_dir is not None:
             rows = (
-                {"epoch": iteration, "policy_step": step, "prompt": p["prompt"], **asdict(g)}
-                for p, g in zip(prompts, gens)
+                {
+                    "epoch": iteration,
+                    "policy_step": step,
+                    "prompt": t,
+                    "seed": s,
+                    "sampled_with": sampled_with,
+                }
+                | asdict(g)
+                for t, s, g in zip(texts, every_seed, gens)
             )
             self.save_dir.mkdir(parents=True, exist_ok=True)
             write_jsonl_atomic(self.save_dir / generated_name(iteration, rnd), rows)
@@ -372,16 +388,25 @@ def is_tied(rollout: Rollout) -> bool:
 
 
 def load_generations(
-    save_dir: Path | None, iteration: int, step: int, prompts: list[str], rnd: int = 0
+    save_dir: Path | None,
+    iteration: int,
+    step: int,
+    prompts: list[str],
+    rnd: int,
+    seeds: list[int],
+    sampled_with: dict,
 ) -> list[Generation] | None:
     """The generations saved for round ``rnd`` of iteration ``iteration`` (:func:`generated_name`) if they were
-    sampled by the policy of global step ``step`` for exactly these prompts, else None. Every rank reads the
-    same file."""
+    sampled by the policy of global step ``step`` for exactly these prompts, with these request ``seeds`` and
+    as ``sampled_with`` says (the model path, ``rollout.sampling``, whether the engine's log-probs were kept),
+    else None: a run started afresh in an old run's directory, or resumed with other sampling settings, samples
+    anew. Every rank reads the same file."""
     path = None if save_dir is None else save_dir / generated_name(iteration, rnd)
     if path is None or not path.is_file():
         return None
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if [r["policy_step"] for r in rows] != [step] * len(prompts) or [r["prompt"] for r in rows] != prompts:
+    want = [(step, p, s, sampled_with) for p, s in zip(prompts, seeds, strict=True)]
+    if [(r["policy_step"], r["prompt"], r.get("seed"), r.get("sampled_with")) for r in rows] != want:
         return None
     fields = {f.name for f in dataclass_fields(Generation)}
     return [Generation(**{k: v for k, v in r.items() if k in fields}) for r in rows]

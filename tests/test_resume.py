@@ -198,3 +198,58 @@ def test_non_finite_weights_are_never_checkpointed_nor_exported(tmp_path, tiny_m
     with pytest.raises(ValueError, match="weights are not finite .*model.norm.weight.*nothing exported"):
         export_hf(ckpt, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+class TaggedEngine:
+    """An engine whose every response names it and the temperature it was asked for."""
+
+    def __init__(self, tag: str):
+        self.tag = tag
+
+    def sync_weights(self, named) -> None:
+        list(named)
+
+    def generate(self, prompt_ids, sampling, seeds=None, logprobs=False):
+        from sppo_pl.rollout.base import Generation
+
+        text = f"{self.tag} T={sampling.temperature}"
+        return [
+            Generation([[1]] * sampling.n, [text] * sampling.n, ["stop"] * sampling.n) for _ in prompt_ids
+        ]
+
+
+@pytest.mark.parametrize(
+    "change, sampling, seed",
+    [
+        ("nothing", {"n": 2, "temperature": 0.7}, 0),
+        ("model", {"n": 2, "temperature": 0.7}, 0),
+        ("sampling", {"n": 4, "temperature": 1.0}, 0),
+        ("seed", {"n": 2, "temperature": 0.7}, 1),
+    ],
+)
+def test_saved_generations_are_reused_only_when_sampled_alike(tmp_path, change, sampling, seed):
+    """Generations saved at this iteration and step are reused (a resume after a failure) only when the same
+    model, rollout.sampling and seed sampled them: a run started afresh in an old run's directory, or resumed
+    with other settings, samples anew."""
+    from types import SimpleNamespace
+
+    from callbacks.rollout import RolloutCallback
+
+    trainer = SimpleNamespace(global_step=0, is_global_zero=True)
+    prompts = [{"prompt": f"What is {i}+1?", "prompt_ids": [5, i]} for i in range(3)]
+
+    def generations(tag, model, sampling, seed):
+        pl_module = SimpleNamespace(hparams=SimpleNamespace(reference="precompute", model_path=model))
+        pl_module.named_weights = lambda: iter([])
+        cb = RolloutCallback(engine=None, sampling=sampling, save_dir=str(tmp_path / "rollouts"), seed=seed)
+        cb.engine = TaggedEngine(tag)
+        gens, gen_s, _ = cb.generations(trainer, pl_module, 0, prompts)
+        return gens[0].texts, gen_s is None
+
+    assert generations("first", "/models/a", {"n": 2, "temperature": 0.7}, 0) == (["first T=0.7"] * 2, False)
+    model = "/models/b" if change == "model" else "/models/a"
+    texts, reused = generations("second", model, sampling, seed)
+    if change == "nothing":
+        assert (texts, reused) == (["first T=0.7"] * 2, True)
+    else:
+        assert (texts, reused) == ([f"second T={sampling['temperature']}"] * sampling["n"], False)
