@@ -9,6 +9,7 @@ rollout callback hands it (:meth:`set_rollouts`) at the iteration's start; they 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -22,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from sppo_pl.data.common import check_columns, check_prompt, locate
+from sppo_pl.rollout.base import is_whole
 from sppo_pl.types import Rollout
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,10 @@ class SPPODataModule(L.LightningDataModule):
             raise ValueError(
                 "data.prompts_per_iteration, data.batch_size and data.val_batch_size must be >= 1"
             )
+        if max_val_prompts is not None and (not is_whole(max_val_prompts) or max_val_prompts < 1):
+            raise ValueError(
+                f"data.max_val_prompts must be null (all) or a whole number >= 1, got {max_val_prompts!r}"
+            )
         self.fields, self.drop_overlong = list(fields or []), drop_overlong
         reserved = {"prompt", "prompt_ids", "answer"} & set(self.fields)
         if reserved:
@@ -65,6 +71,7 @@ class SPPODataModule(L.LightningDataModule):
         self.train_prompts: list[dict] = []
         self.val_prompts: list[dict] = []
         self.where: dict[str, list[tuple[str, int]]] = {}  # split -> each prompt's (file or split, row)
+        self.answer_columns: dict[str, bool] = {}  # split -> whether it has the data.answer_key column
         self.rollouts: list[Rollout] = []
         self.rollout_iteration = -1
         self.rollout_step = -1
@@ -89,10 +96,18 @@ class SPPODataModule(L.LightningDataModule):
             else ds["test"].select(range(min(self.max_val_prompts, len(ds["test"]))))
         )
         self.val_prompts = self._encode(val, "test")
+        if 0 < len(self.train_prompts) < self.prompts_per_iteration:
+            log.warning(
+                "data: the train split has %d prompts, fewer than data.prompts_per_iteration=%d: each iteration "
+                "repeats prompts",
+                len(self.train_prompts),
+                self.prompts_per_iteration,
+            )
 
     def _encode(self, split, name: str) -> list[dict]:
         """The split's rows checked and tokenized; ``self.where[name]`` records where each came from."""
         check_columns(split, f"split '{name}'", [self.prompt_key, *self.fields])
+        self.answer_columns[name] = bool(self.answer_key) and self.answer_key in split.column_names
         kept, self.where[name] = [], []
         for i, row in enumerate(split):
             at = locate(row, name, i)  # the file and its row, for a local file's rows
@@ -129,7 +144,7 @@ class SPPODataModule(L.LightningDataModule):
             "prompt": prompt if isinstance(prompt, str) else prompt[-1]["content"],
             "prompt_ids": ids,
             "answer": None if answer is None or _is_nan(answer) else str(answer),
-            **self._fields(row),
+            **self._fields(row, where, i),
         }
 
     def check_answers(self, reward: Any) -> None:
@@ -144,6 +159,12 @@ class SPPODataModule(L.LightningDataModule):
                 f"data.answer_key is null (prompts without answers), but the reward {verifier} checks every "
                 "response against its prompt's answer"
             )
+        for name, column in self.answer_columns.items():
+            if not column:
+                raise ValueError(
+                    f"data: split '{name}' has no column {self.answer_key!r} (data.answer_key), but the reward "
+                    f"{verifier} checks every response against its prompt's answer"
+                )
         for name, prompts in (("train", self.train_prompts), ("test", self.val_prompts)):
             for p, (where, i) in zip(prompts, self.where.get(name, []), strict=False):
                 if not (p["answer"] or "").strip():
@@ -151,21 +172,35 @@ class SPPODataModule(L.LightningDataModule):
                         f"data: {where} row {i}: no answer, but the reward {verifier} needs one for every prompt"
                     )
 
-    def _fields(self, row: dict) -> dict:
-        return {k: row[k] for k in self.fields}
+    def _fields(self, row: dict, where: str, i: int) -> dict:
+        """The ``data.fields`` of row ``i`` of ``where``: each must be JSON data, since the rollouts' files keep
+        it (a parquet timestamp or bytes column would otherwise fail only when the first iteration is saved)."""
+        fields = {k: row[k] for k in self.fields}
+        for k, v in fields.items():
+            try:
+                json.dumps(v)
+            except (TypeError, ValueError) as e:
+                raise ValueError(
+                    f"data: {where} row {i}, field {k!r} (data.fields): a {type(v).__name__} cannot be kept in the "
+                    f"rollouts' JSON lines ({e}); convert the column to text or numbers"
+                ) from e
+        return fields
 
     def next_prompts(self, iteration: int, round: int = 0, rounds: int = 1) -> list[dict]:
-        """The ``prompts_per_iteration`` prompts of self-play iteration ``iteration``: seeded passes over the train
-        split, wrapping around. With refills (``rounds`` > 1, ``rollout.drop_ties``) each iteration owns
+        """The ``prompts_per_iteration`` prompts of self-play iteration ``iteration``: blocks of a seeded pass over
+        the train split, then of the next pass, each pass's last partial block dropped (verl's ``drop_last``), so
+        no block holds a prompt twice. With refills (``rounds`` > 1, ``rollout.drop_ties``) each iteration owns
         ``rounds`` such blocks and round ``round`` reads its own; the blocks a round does not need are passed
-        over, so a resumed run reads exactly what an uninterrupted one did, with no state to save."""
+        over, so a resumed run reads exactly what an uninterrupted one did, with no state to save. A split
+        smaller than a block is repeated within it (:meth:`setup` warns)."""
         total, n = len(self.train_prompts), self.prompts_per_iteration
-        first = (iteration * rounds + round) * n
-        picked = []
-        for i in range(first, first + n):
-            cycle, pos = divmod(i, total)
-            picked.append(self.train_prompts[_permutation(self.seed, cycle, total)[pos]])
-        return picked
+        block = iteration * rounds + round
+        if total < n:  # seeded passes, wrapping around
+            cycles = (divmod(i, total) for i in range(block * n, block * n + n))
+            return [self.train_prompts[_permutation(self.seed, c, total)[pos]] for c, pos in cycles]
+        cycle, first = divmod(block, total // n)
+        order = _permutation(self.seed, cycle, total)
+        return [self.train_prompts[i] for i in order[first * n : first * n + n]]
 
     # ---- rollouts ------------------------------------------------------------------------------------
     def set_rollouts(self, rollouts: list[Rollout], iteration: int, step: int) -> None:

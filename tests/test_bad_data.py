@@ -39,6 +39,11 @@ def test_a_file_not_in_utf8_names_the_file_and_line(tmp_path, suffix):
         ("header.csv", "prompt,answer\n", "header.csv has no rows"),
         ("array.json", "[]", "array.json has no rows"),
         ("zero.parquet", None, "zero.parquet has no rows"),
+        (
+            "objects.jsonl",
+            "{}\n{}\n",
+            r"objects.jsonl has no rows \(or only rows without fields, such as \{\}\)",
+        ),
     ],
 )
 def test_an_empty_file_is_named_as_empty(tmp_path, name, text, match):
@@ -201,3 +206,91 @@ def test_build_refuses_a_missing_answer_before_the_model_loads(tmp_path, tiny_mo
     )
     with pytest.raises(ValueError, match=rf"data: {re.escape(str(path))} row 2: no answer"):
         build(cfg)
+
+
+def test_an_answer_too_long_for_a_float_is_refused_not_rounded(tmp_path):
+    """JSON numbers beyond 64 bits are read as floats: 20! would become "5.109094217170944e+19" and every
+    right response would score wrong."""
+    path = tmp_path / "big.jsonl"
+    path.write_text(
+        '{"prompt": "20! = ?", "answer": 51090942171709440000}\n{"prompt": "1+1?", "answer": 2}\n'
+    )
+    with pytest.raises(
+        ValueError, match=r"big.jsonl row 0, field 'answer': the number 5.1\d+e\+19 was read as a float"
+    ):
+        local_splits(str(path), test_size=1)
+    path.write_text(
+        '{"prompt": "20! = ?", "answer": "51090942171709440000"}\n{"prompt": "1+1?", "answer": "2"}\n'
+    )
+    ds = local_splits(str(path), test_size=1, seed=0)
+    assert sorted([*ds["train"]["answer"], *ds["test"]["answer"]]) == ["2", "51090942171709440000"]
+
+
+def test_a_null_answer_key_leaves_the_files_answer_column_out(tmp_path, tiny_tokenizer):
+    path = tmp_path / "p.jsonl"
+    write_jsonl(path, [{"prompt": f"q{i}?", "answer": {"a": i}} for i in range(3)])
+    ds = local_splits(str(path), answer_key=None, test_size=1)
+    assert "answer" not in ds["train"].column_names
+    dm = SPPODataModule(ds, tokenizer=tiny_tokenizer)
+    dm.setup("fit")
+    assert [p["answer"] for p in dm.train_prompts] == [None, None]
+
+
+@pytest.mark.parametrize(
+    ("keys", "match"),
+    [
+        (
+            {"answer_key": "solution"},
+            r"data.dataset.answer_key='solution' is read as the 'answer' column, but the file",
+        ),
+        (
+            {"prompt_key": "question"},
+            r"data.dataset.prompt_key='question' is read as the 'prompt' column, but the file",
+        ),
+    ],
+)
+def test_a_key_renamed_onto_a_column_the_file_has_is_named(tmp_path, keys, match):
+    path = tmp_path / "p.jsonl"
+    write_jsonl(path, [{"prompt": "p?", "question": "q?", "answer": "1", "solution": "2"}] * 2)
+    with pytest.raises(ValueError, match=rf"p.jsonl: {match}"):
+        local_splits(str(path), test_size=1, **keys)
+
+
+def test_a_missing_answer_column_is_named_when_a_verifier_needs_it(tiny_tokenizer):
+    from datasets import Dataset, DatasetDict
+
+    ds = DatasetDict(train=Dataset.from_dict({"prompt": ["a?"]}), test=Dataset.from_dict({"prompt": ["b?"]}))
+    dm = SPPODataModule(ds, tokenizer=tiny_tokenizer, answer_key="solution")
+    dm.setup("fit")
+    with pytest.raises(
+        ValueError, match=r"split 'train' has no column 'solution' \(data.answer_key\), but the reward"
+    ):
+        dm.check_answers(MATH)
+
+
+def test_a_field_json_cannot_keep_is_refused_at_setup_naming_the_row(tmp_path, tiny_tokenizer):
+    """A parquet timestamp column in data.fields would only fail when the first iteration's rollouts are saved."""
+    import datetime
+
+    from datasets import Dataset
+
+    path = tmp_path / "p.parquet"
+    when = [datetime.datetime(2026, 1, 1), datetime.datetime(2026, 1, 2), datetime.datetime(2026, 1, 3)]
+    Dataset.from_dict({"prompt": ["a?", "b?", "c?"], "asked": when}).to_parquet(str(path))
+    dm = SPPODataModule(
+        local_splits(str(path), answer_key=None, test_size=1, seed=0),
+        tokenizer=tiny_tokenizer,
+        fields=["asked"],
+    )
+    with pytest.raises(
+        ValueError, match=r"p.parquet row \d, field 'asked' \(data.fields\): a datetime cannot be kept"
+    ):
+        dm.setup("fit")
+
+
+@pytest.mark.parametrize("value", [0, -1, 10.5, "8"])
+def test_max_val_prompts_must_be_null_or_a_whole_number(value):
+    with pytest.raises(
+        ValueError, match=rf"data.max_val_prompts must be null \(all\) or a whole number >= 1, got {value!r}"
+    ):
+        SPPODataModule({}, max_val_prompts=value)

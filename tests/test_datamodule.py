@@ -56,13 +56,16 @@ def test_collate_layout_by_hand():
     assert got.shape == (2, 2, 2) and got[1, 0, 1].item() == pytest.approx(0.9)
 
 
-def test_next_prompts_cover_the_split_then_wrap(tiny_tokenizer):
+def test_next_prompts_take_blocks_of_each_pass_and_never_repeat_within_one(tiny_tokenizer):
     prompts = [f"What is {i} + 1?" for i in range(10)]
     dm = _dm(tiny_tokenizer, prompts, prompts_per_iteration=4, seed=3)
-    e0, e1, e2 = (dm.next_prompts(e) for e in range(3))
-    seen = [p["prompt"] for p in e0 + e1] + [e2[0]["prompt"], e2[1]["prompt"]]
-    assert sorted(seen) == sorted(prompts)  # first pass: every prompt once
-    assert [p["prompt"] for p in dm.next_prompts(1)] == [p["prompt"] for p in e1]  # deterministic
+    ask = lambda e: [p["prompt"] for p in dm.next_prompts(e)]  # noqa: E731
+    first_pass = ask(0) + ask(1)
+    assert len(set(first_pass)) == 8  # two blocks of the first pass; its last 2 prompts are dropped
+    assert ask(2) != ask(0)  # iteration 2 starts the next (reshuffled) pass
+    assert all(len(set(ask(e))) == 4 for e in range(40))  # no block crosses a pass: no prompt twice
+    assert ask(1) == ask(1)  # deterministic
+    e0 = dm.next_prompts(0)
     assert (
         e0[0]["prompt_ids"][-3:]
         == tiny_tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"][-3:]
@@ -132,3 +135,11 @@ def test_validate_stage_reads_only_the_test_split(tiny_tokenizer):
     assert dm.train_prompts == [] and [p["prompt"] for p in dm.val_prompts] == ["What is 1 + 0?"]
     with pytest.raises(ValueError, match="row 0"):  # fitting reads (and checks) the train split
         dm.setup("fit")
+
+
+def test_a_split_smaller_than_an_iteration_is_repeated_with_a_warning(tiny_tokenizer, caplog):
+    prompts = [f"What is {i} + 1?" for i in range(3)]
+    with caplog.at_level("WARNING", logger="sppo_pl.datamodule"):
+        dm = _dm(tiny_tokenizer, prompts, prompts_per_iteration=4, seed=3)
+    assert "the train split has 3 prompts, fewer than data.prompts_per_iteration=4" in caplog.text
+    assert sorted({p["prompt"] for p in dm.next_prompts(0)}) == sorted(prompts)

@@ -51,7 +51,7 @@ def read_file(path: str | Path) -> Dataset:
         return load_dataset(FORMATS[path.suffix], data_files=str(path), split="train", **options)
     except Exception as e:
         if "corresponds to no data" in str(e):  # datasets' words for a table without rows
-            raise ValueError(f"data: {path} has no rows") from e
+            raise ValueError(f"data: {path} has no rows (or only rows without fields, such as {{}})") from e
         raise ValueError(f"data: {path}: could not be read as {path.suffix}: {_reason(e)}") from e
 
 
@@ -172,6 +172,11 @@ def check_answer(value: Any, where: str, row: int, field: str) -> str | None:
         return value
     if isinstance(value, float) and math.isnan(value):
         return None
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 2**53:
+        raise ValueError(
+            f"data: {where} row {row}, field {field!r}: the number {value!r} was read as a float, which cannot hold "
+            "all its digits (a whole number beyond 2**53, or beyond 64 bits in JSON); write it as a string"
+        )
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     raise ValueError(

@@ -19,11 +19,22 @@ if TYPE_CHECKING:
 
 def read_prompts(path: str, prompt_key: str, answer_key: str | None) -> Dataset:
     """The file's rows, checked, with the prompt column renamed ``prompt`` and the answer ``answer``, and
-    the hidden source columns added."""
+    the hidden source columns added. With ``answer_key`` null a column named ``answer`` is left out (prompts
+    only); a renaming onto a column the file already has is an error naming both."""
     ds = read_file(path)
     check_rows(ds, str(path), prompt_key, answer_key)
     renames = {prompt_key: "prompt", **({answer_key: "answer"} if answer_key else {})}
-    return with_source(ds.rename_columns({k: v for k, v in renames.items() if k != v}), path)
+    renames = {k: v for k, v in renames.items() if k != v}
+    for key, new in renames.items():
+        if new in ds.column_names and new not in renames:
+            field = "prompt_key" if new == "prompt" else "answer_key"
+            raise ValueError(
+                f"data: {path}: data.dataset.{field}={key!r} is read as the {new!r} column, but the file also "
+                f"has a column named {new!r}; rename or drop one of them"
+            )
+    if not answer_key and "answer" in ds.column_names:
+        ds = ds.remove_columns("answer")
+    return with_source(ds.rename_columns(renames), path)
 
 
 def local_splits(

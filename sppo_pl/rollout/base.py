@@ -48,7 +48,9 @@ class RolloutEngine(Protocol):
         logprobs: bool = False,
     ) -> list[Generation]:
         """Sample ``sampling.n`` responses for each prompt (token ids, no padding). ``seeds``, one per
-        prompt, make each prompt's samples independent of the batch and of the engine's history.
+        prompt, make each prompt's samples independent of the engine's history, and with vLLM (a generator per
+        request) of the batch too; the HF engine seeds each batch with its first prompt's seed, so its samples
+        also depend on how the prompts were split into batches and ranks.
         ``logprobs``: also each sampled token's log-prob under the engine's weights, before temperature and
         top-p (``module.reference=engine`` takes log pi_t from them); an engine that cannot leaves them None."""
         ...
@@ -134,7 +136,8 @@ def dynamic_sampling(drop_ties: bool | str, is_verifier: bool, k: int) -> bool:
 
 def request_seeds(seed: int, iteration: int, n: int, start: int = 0) -> list[int]:
     """One sampling seed per prompt of iteration ``iteration``: fixed by (seed, iteration, position), so a resumed
-    run, or a run on another number of ranks, samples exactly what an uninterrupted one would. ``start``: the
+    run samples exactly what an uninterrupted one would, and with vLLM so does a run on another number of
+    ranks (the HF engine seeds per batch: see :meth:`RolloutEngine.generate`). ``start``: the
     position of the first prompt (a refill round's prompts come after the earlier rounds')."""
     base = (seed * 1_000_003 + iteration) * 1_000_003 + start
     return [(base + i) % 2**31 for i in range(n)]
