@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -41,7 +42,7 @@ def best_attention(accelerator: str = "auto") -> str:
 
 
 def register_resolvers() -> None:
-    """``${project_root:}``, ``${sum:a,b}``, ``${not_env:NAME}`` (True when NAME is unset or empty),
+    """``${project_root:}``, ``${sum:a,b}``, ``${mul:a,b}``, ``${not_env:NAME}`` (True when NAME is unset or empty),
     ``${default_precision:accelerator}``, ``${default_reference:accelerator}``, ``${engine_dtype:precision,model_dtype,accelerator}``,
     ``${best_attention:accelerator}``, ``${rollout_mode:devices,accelerator}``,
     ``${steps_per_iteration:prompts,batch,accumulate,devices,nodes}``, ``${run_name:}`` (a unique run folder
@@ -51,6 +52,7 @@ def register_resolvers() -> None:
     for name, fn in {
         "project_root": lambda: str(PROJECT_ROOT),
         "sum": lambda *xs: sum(xs),
+        "mul": lambda *xs: math.prod(xs),
         "not_env": lambda name: not os.environ.get(name),
         "default_precision": default_precision,
         "default_reference": default_reference,

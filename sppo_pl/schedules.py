@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -41,11 +42,12 @@ def steps_per_iteration(
 ) -> int:
     """Optimizer steps in one self-play iteration: each of the ranks trains on ceil(prompts / ranks) prompt
     groups in batches of ``batch_size`` and steps once per ``accumulate`` batches (the last one short)."""
-    if isinstance(devices, str | bool) or not isinstance(devices, int | list | tuple):
+    listed = isinstance(devices, Sequence) and not isinstance(devices, str)  # OmegaConf's ListConfig too
+    if isinstance(devices, bool) or not (listed or isinstance(devices, int)):
         raise ValueError(
             f"trainer.devices={devices!r} is not a count: set trainer.devices to a number, or "
             "optim.scheduler.steps_per_iteration by hand"
         )
-    ranks = (len(devices) if isinstance(devices, list | tuple) else devices) * num_nodes
+    ranks = (len(devices) if listed else devices) * num_nodes
     batches = math.ceil(math.ceil(prompts / ranks) / batch_size)
     return math.ceil(batches / accumulate)

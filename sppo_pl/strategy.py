@@ -9,14 +9,16 @@ on CPU). ``ddp`` replicates the model. On one device every choice falls back to 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 
 def device_count(devices: int | str | list | None, accelerator: str = "auto") -> int:
-    """How many devices ``trainer.devices`` asks for ("auto" and -1: every GPU, or 1 process on CPU)."""
-    if isinstance(devices, list | tuple):
+    """How many devices ``trainer.devices`` asks for ("auto" and -1: every GPU, or 1 process on CPU); a list
+    (a Python one, or OmegaConf's from ``trainer.devices=[0,1]``) names the devices."""
+    if isinstance(devices, Sequence) and not isinstance(devices, str):
         return len(devices)
     if isinstance(devices, str) and "," in devices:
         return len([d for d in devices.split(",") if d.strip()])

@@ -233,11 +233,12 @@ def test_verl_math_recipe_instantiates_with_its_settings(tmp_path, tiny_tokenize
     group = got["opt"].param_groups[0]
     assert type(got["opt"]).__name__ == "AdamW" and group["weight_decay"] == 0.01
     lrs = []
-    for _ in range(17):
+    for _ in range(62):
         lrs.append(got["opt"].param_groups[0]["lr"])
         got["opt"].step()
         got["sched"].step()
-    assert lrs[0] == 0 and lrs[14] < 1e-6 and lrs[15] == lrs[16] == pytest.approx(1e-6)  # 15 warmup steps
+    # verl's 15 warmup steps are training steps, one per iteration here: 15 x 4 optimizer steps (1,024 / 256)
+    assert lrs[0] == 0 and lrs[59] < 1e-6 and lrs[60] == lrs[61] == pytest.approx(1e-6)
     assert (trainer.num_devices, trainer.accumulate_grad_batches, trainer.max_epochs) == (4, 8, 140)
     assert type(trainer.strategy).__name__ == "ModelParallelStrategy" and trainer.gradient_clip_val == 1.0
     assert cfg.data.batch_size * 4 * 8 == 256 and cfg.data.prompts_per_iteration == 1024
@@ -270,3 +271,14 @@ def test_uclaml_recipe_instantiates_with_its_settings(tmp_path, tiny_tokenizer):
     assert got["opt"].param_groups[0]["lr"] == pytest.approx(5e-7 / 32)  # warmup: 32 steps (10% of 313)
     assert (trainer.num_devices, trainer.max_epochs, cfg.data.batch_size * 8) == (8, 3, 64)
     assert cfg.optimized_metric == "val/win_rate"
+
+
+def test_a_device_list_on_the_command_line_counts_its_devices(tmp_path):
+    """``trainer.devices=[0,1]`` reaches the checks and resolvers as OmegaConf's ListConfig, not a list."""
+    from sppo_pl.config import check_batches, world_size
+
+    cfg = make_cfg(tmp_path, ["trainer.devices=[0,1]", "trainer.accelerator=cpu", "optim=rmsprop"])
+    assert world_size(cfg.trainer)[0] == 2
+    check_batches(cfg)
+    assert cfg.optim.scheduler.steps_per_iteration == 4  # 32 prompts over 2 ranks, batches of 4
+    assert instantiate(cfg.trainer.strategy).__class__.__name__ == "ModelParallelStrategy"

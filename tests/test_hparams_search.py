@@ -38,6 +38,11 @@ def test_the_search_composes_over_real_keys_around_their_defaults(tmp_path):
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed is not None
     assert cfg.hydra.mode == RunMode.MULTIRUN
     assert cfg.optimized_metric == "val/acc"
+    # an experiment's own metric survives the search (a pairwise oracle logs no val/acc)
+    with_pairrm = make_cfg(
+        tmp_path, ["hparams_search=sppo_optuna", "experiment=uclaml_ultrafeedback_mistral7b"]
+    )
+    assert with_pairrm.optimized_metric == "val/win_rate"
     params = OmegaConf.to_container(sweeper.params)
     assert set(params) == {"loss.eta", "optim.optimizer.lr"}
     for key, spec in params.items():

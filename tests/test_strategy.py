@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
+from omegaconf import OmegaConf
 
 from sppo_pl.checkpoint import resolve_ckpt
 from sppo_pl.distributed import (
@@ -41,6 +42,7 @@ def test_several_devices_pick_the_named_strategy():
 
 def test_device_count_reads_every_form_of_trainer_devices():
     assert device_count(4) == 4 and device_count("2") == 2 and device_count([0, 1, 2]) == 3
+    assert device_count(OmegaConf.create([0, 1])) == 2  # trainer.devices=[0,1] from the command line
     assert device_count("0,1") == 2
     assert device_count("auto", accelerator="cpu") == 1
 
