@@ -32,6 +32,13 @@ class FiniteCheck(L.Callback):
         self.skipped = 0
         self._loss: torch.Tensor | None = None
 
+    def state_dict(self) -> dict:
+        """Saved in checkpoints, so a resumed run's ``train/skipped_steps`` goes on counting."""
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.skipped = state_dict.get("skipped", 0)
+
     def on_before_backward(self, trainer, pl_module, loss):
         self._loss = loss.detach()
 

@@ -65,13 +65,25 @@ def resolve_policy(path: str) -> Policy:
         return Policy(p, False, run_start_model(p.parent))
     if (p / "hf_model" / "config.json").exists():
         return Policy(p / "hf_model", False, run_start_model(p))
-    if p.is_dir() and not (p / "checkpoints" / "last.ckpt").exists() and not (p / "meta.pt").exists():
+    if p.is_dir() and not (p / "checkpoints").is_dir() and not (p / "meta.pt").exists():
         raise FileNotFoundError(
             f"policy={path} is neither a Hugging Face model directory (config.json), a run directory "
-            "(hf_model/ or checkpoints/last.ckpt) nor a checkpoint"
+            "(hf_model/ or checkpoints/) nor a checkpoint"
         )
-    ckpt = Path(resolve_ckpt(path))
+    ckpt = Path(resolve_ckpt(path))  # a run directory's last.ckpt, else its newest intact checkpoint
     return Policy(ckpt, True, checkpoint_model_path(ckpt))
+
+
+def start_model(cfg: DictConfig, policy: Policy | None) -> tuple[str | None, bool]:
+    """The start model (compared with the policy, or evaluated alone without one) and whether it is
+    ``model.path``: ``start_model=``, else the policy's own (its run's or checkpoint's), else ``model.path``
+    (with a warning when a policy records none); None when the policy is evaluated without a comparison."""
+    start = cfg.get("start_model") or (policy.start_model if policy else None)
+    if start is not None or (policy is not None and not cfg.eval.compare_to_start):
+        return start, False
+    if policy is not None:
+        log.warning("eval: policy=%s records no start model; comparing it with model.path", policy.path)
+    return str(cfg.model.path), True
 
 
 def run_start_model(run_dir: Path) -> str | None:
@@ -94,8 +106,13 @@ def check_same_architecture(start: str, policy: str) -> None:
 
 
 def check_pass_at(pass_at: list[int] | None, samples: int) -> list[int]:
-    """``eval.pass_at`` (default ``[eval.samples]``): each k within 1..samples."""
-    ks = [int(k) for k in (pass_at or ([samples] if samples else []))]
+    """``eval.pass_at`` (default ``[eval.samples]``; one k or a list): each k a whole number within 1..samples."""
+    if isinstance(pass_at, int) and not isinstance(pass_at, bool):
+        pass_at = [pass_at]
+    ks = [samples] if pass_at is None and samples else pass_at or []
+    if isinstance(ks, str | bool) or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks):
+        raise ValueError(f"eval.pass_at must be null, a whole number or a list of them, got {pass_at!r}")
+    ks = list(ks)
     bad = [k for k in ks if not 1 <= k <= samples]
     if bad:
         raise ValueError(f"eval.pass_at {bad} must lie in 1..eval.samples ({samples})")
@@ -147,9 +164,8 @@ def evaluate(cfg: DictConfig) -> dict:
     pass_at = check_pass_at(ev.pass_at, ev.samples)
     out.mkdir(parents=True, exist_ok=True)
     policy = resolve_policy(cfg.policy) if cfg.get("policy") else None
-    start = cfg.get("start_model") or (policy.start_model if policy else None)
-    prepare(cfg, model=policy is None and start is None)  # model.prepare only when model.path is evaluated
-    start = start or (None if policy else str(cfg.model.path))
+    start, from_model_path = start_model(cfg, policy)
+    prepare(cfg, model=from_model_path)  # model.prepare only when model.path is evaluated
     oracle = oracle_from_config(cfg.reward)  # the oracle alone: no Lightning callback
     oracle.place("cuda" if torch.cuda.is_available() else "cpu")
     compare = bool(policy and start and ev.compare_to_start)

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import torch
 
+from sppo_pl.checkpoint import read_checkpoint
+
 _PREFIX = "policy."
 
 
 def checkpoint_model_path(ckpt: Path) -> str:
     """The ``model_path`` hyper-parameter saved with a checkpoint (file, or sharded folder's meta.pt)."""
-    meta = torch.load(ckpt / "meta.pt" if ckpt.is_dir() else ckpt, map_location="cpu", weights_only=False)
+    meta = read_checkpoint(ckpt)  # an empty, truncated or foreign file is an error naming it
     try:
         return meta["hyper_parameters"]["model_path"]
     except KeyError as e:
@@ -40,7 +42,7 @@ def load_policy_from_checkpoint(ckpt: str | Path, model_path: str | None = None)
         wanted = {_PREFIX + k: v for k, v in policy.state_dict(keep_vars=False).items()}
         dcp.load({"state_dict": wanted}, checkpoint_id=str(ckpt), no_dist=True)  # this process alone
         return policy
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = read_checkpoint(ckpt)["state_dict"]
     weights = {k[len(_PREFIX) :]: v for k, v in state.items() if k.startswith(_PREFIX)}
     missing, unexpected = policy.load_state_dict(weights, strict=False)
     real_missing = [k for k in missing if not (k == "lm_head.weight" and policy.config.tie_word_embeddings)]

@@ -56,6 +56,30 @@ def test_pass_at_must_fit_the_samples():
     )
     with pytest.raises(ValueError, match=r"eval.pass_at \[8\]"):
         check_pass_at([1, 8], 4)
+    assert check_pass_at(4, 4) == [4]  # eval.pass_at=4 on the command line
+    for bad in ("4", [1.5], True):
+        with pytest.raises(ValueError, match=r"eval.pass_at must be null, a whole number or a list of them"):
+            check_pass_at(bad, 4)
+
+
+def test_the_start_model_is_given_the_policys_own_or_model_path(tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    from sppo_pl.eval import Policy, start_model
+
+    def cfg(start=None, compare=True):
+        return OmegaConf.create(
+            {"start_model": start, "eval": {"compare_to_start": compare}, "model": {"path": "/m"}}
+        )
+
+    bare, from_run = Policy(tmp_path, False, None), Policy(tmp_path, False, "/run/start")
+    assert start_model(cfg(), None) == ("/m", True)  # no policy: model.path alone
+    assert start_model(cfg("/given"), from_run) == ("/given", False)
+    assert start_model(cfg(), from_run) == ("/run/start", False)
+    assert start_model(cfg(compare=False), bare) == (None, False)
+    with caplog.at_level("WARNING", logger="sppo_pl.eval"):
+        assert start_model(cfg(), bare) == ("/m", True)  # a bare HF directory: compared with model.path
+    assert "records no start model; comparing it with model.path" in caplog.text
 
 
 def _hf_dir(path: Path, **config) -> Path:
@@ -84,6 +108,11 @@ def test_policy_may_be_a_hf_dir_a_run_dir_or_a_checkpoint(tmp_path):
         assert (got.path, got.is_checkpoint, got.start_model) == (ckpt, True, "/models/start")
     with pytest.raises(FileNotFoundError, match="neither a Hugging Face model directory"):
         resolve_policy(str(tmp_path / "bare_run" / "checkpoints"))
+    ckpt.rename(
+        ckpt.with_name("epoch_01.ckpt")
+    )  # last.ckpt gone: the run's newest checkpoint, as a resume takes
+    got = resolve_policy(str(tmp_path / "bare_run"))
+    assert (got.path, got.is_checkpoint) == (ckpt.with_name("epoch_01.ckpt"), True)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         resolve_policy(str(tmp_path / "nowhere"))
 

@@ -253,3 +253,15 @@ def test_saved_generations_are_reused_only_when_sampled_alike(tmp_path, change, 
         assert (texts, reused) == (["first T=0.7"] * 2, True)
     else:
         assert (texts, reused) == ([f"second T={sampling['temperature']}"] * sampling["n"], False)
+
+
+def test_the_skipped_step_count_survives_a_resume():
+    from callbacks.finite import FiniteCheck
+
+    before = FiniteCheck(on_nonfinite="skip")
+    before.skipped = 3
+    after = FiniteCheck(on_nonfinite="skip")
+    after.load_state_dict(before.state_dict())
+    assert after.skipped == 3
+    after.load_state_dict({})  # a checkpoint written before the count was saved
+    assert after.skipped == 0

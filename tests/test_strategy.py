@@ -152,7 +152,7 @@ def test_export_keeps_the_source_models_dropout_rates(tiny_model_dir, tmp_path):
     source = model_with_attention_dropout(tiny_model_dir, tmp_path / "m")
     state = {f"policy.{k}": v for k, v in load_policy(str(source)).state_dict().items()}
     ckpt = tmp_path / "x.ckpt"
-    torch.save({"state_dict": state, "hyper_parameters": {"model_path": str(source)}}, ckpt)
+    torch.save({"global_step": 1, "state_dict": state, "hyper_parameters": {"model_path": str(source)}}, ckpt)
     out = export_hf(ckpt, tmp_path / "hf")
     assert json.loads((out / "config.json").read_text())["attention_dropout"] == 0.1
 
@@ -168,14 +168,22 @@ def test_export_writes_a_directory_transformers_loads(tiny_model_dir, tmp_path):
         policy.model.norm.weight.add_(1.0)  # a "trained" change that the export must carry
     state = {f"policy.{k}": v for k, v in policy.state_dict().items()}
     ckpt = tmp_path / "x.ckpt"
-    torch.save({"state_dict": state, "hyper_parameters": {"model_path": str(tiny_model_dir)}}, ckpt)
+    torch.save(
+        {"global_step": 1, "state_dict": state, "hyper_parameters": {"model_path": str(tiny_model_dir)}}, ckpt
+    )
     out = export_hf(ckpt, tmp_path / "hf")
     loaded = AutoModelForCausalLM.from_pretrained(out)
     assert torch.equal(loaded.model.norm.weight, policy.model.norm.weight)
     assert (out / "tokenizer.json").exists()
     bad = tmp_path / "bad.ckpt"
-    torch.save({"state_dict": {"policy.nope": torch.zeros(1)}, "hyper_parameters": {}}, bad)
+    torch.save({"global_step": 1, "state_dict": {"policy.nope": torch.zeros(1)}, "hyper_parameters": {}}, bad)
     with pytest.raises(ValueError, match="model_path"):
         export_hf(bad, tmp_path / "hf2")
     with pytest.raises(ValueError, match="unexpected"):
         export_hf(bad, tmp_path / "hf3", model_path=str(tiny_model_dir))
+    empty = tmp_path / "empty.ckpt"
+    empty.touch()
+    with pytest.raises(ValueError, match=r"checkpoint .*empty.ckpt is empty \(0 bytes\)"):
+        export_hf(empty, tmp_path / "hf4")
+    with pytest.raises(ValueError, match=r"checkpoint .*empty.ckpt is empty"):
+        export_hf(empty, tmp_path / "hf5", model_path=str(tiny_model_dir))
