@@ -121,11 +121,16 @@ def check_sampling(cfg: DictConfig) -> None:
 
 
 def check_loss(cfg: DictConfig, loss) -> None:
-    """K >= 2 when the loss compares samples of one prompt."""
+    """K >= 2 when the loss compares samples of one prompt, or when P_hat leaves the response itself out."""
     k = cfg.rollout.sampling.n
     if getattr(loss, "requires_pairs", False) and k < 2:
         raise ValueError(
             f"loss {cfg.loss._target_} compares the samples of a prompt: rollout.sampling.n must be >= 2, got {k}"
+        )
+    if cfg.get("reward") is not None and cfg.reward.get("include_self") is False and k < 2:
+        raise ValueError(
+            f"reward.include_self=false averages P_hat over the other samples of a prompt: with "
+            f"rollout.sampling.n={k} there are none; sample K >= 2 or set reward.include_self=true"
         )
 
 

@@ -61,6 +61,21 @@ def test_dropping_ties_with_one_sample_per_prompt_is_refused(tmp_path):
     refused(tmp_path, overrides, ValueError, r"rollout\.drop_ties=true with rollout\.sampling\.n=1")
 
 
+def test_leaving_the_response_out_of_p_hat_with_one_sample_is_refused(tmp_path):
+    overrides = [
+        "reward.include_self=false",
+        "rollout.sampling.n=1",
+        "loss=sppo_softmean",
+        "loss.group=iteration",
+    ]
+    refused(
+        tmp_path,
+        overrides,
+        ValueError,
+        r"reward\.include_self=false .* rollout\.sampling\.n=1 there are none",
+    )
+
+
 def test_auto_drop_ties_with_one_sample_per_prompt_is_accepted(tmp_path):
     """auto (the default) turns dynamic sampling off for K = 1, so verl's one-sample recipe composes."""
     cfg = checked(tmp_path, ["rollout.sampling.n=1", "loss=sppo_softmean", "loss.group=iteration"])

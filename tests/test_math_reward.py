@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from sppo_pl.rewards.math import correctness_scores, is_correct, last_boxed
+from sppo_pl.rewards.math import MathVerifier, _explosive, correctness_scores, is_correct, last_boxed
 
 
 @pytest.mark.parametrize(
@@ -71,6 +71,62 @@ def test_is_correct_never_raises_on_odd_input():
 def test_explosive_answers_are_rejected():
     for text in ["\\boxed{9^{9^{9^{9}}}}", "\\boxed{2^{99999999}}", "\\boxed{\\binom{10^{9}}{10^{5}}}"]:
         assert is_correct(text, "5") is False
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        r"10^{(10^{10})}",
+        r"{10}^{{10}^{10}}",
+        r"10^{\left(10^{10}\right)}",
+        r"10^{10 \cdot 10^{9}}",
+        r"99999999!",
+        r"(10^{10})!",
+    ],
+)
+def test_explosive_forms_hidden_in_brackets_are_caught(text):
+    """Each of these kept sympy busy for over 30 s off the main thread (no alarm there): found before parsing,
+    in the response and in the gold answer."""
+    assert _explosive(text) and _explosive(f"${text}$")
+    assert is_correct(f"\\boxed{{{text}}}", "5") is False and is_correct("\\boxed{5}", text) is False
+
+
+@pytest.mark.parametrize(
+    "text", [r"e^{x^2}", r"2^{10}", r"\frac{10!}{2^5}", r"1000!", r"(x+1)^2", r"10^{-3}"]
+)
+def test_ordinary_powers_and_factorials_are_not_explosive(text):
+    assert not _explosive(text)
+
+
+def test_the_unicode_minus_sign_is_a_minus():
+    assert is_correct("\\boxed{\u22125}", "-5", fallback="none", numeric=True)
+    assert is_correct("The answer is \u22125", "-5", fallback="last_number")
+    assert not is_correct("The answer is \u22125", "5", fallback="last_number")
+    assert is_correct("#### \u22125", "-5", fallback="hash")
+    assert is_correct("\\boxed{-5}", "\u22125")
+
+
+def test_numeric_answers_need_a_fallback_that_yields_a_number():
+    with pytest.raises(
+        ValueError, match=r"reward.oracle.fallback=math_verify .* use last_number, hash or none"
+    ):
+        MathVerifier(fallback="math_verify", numeric=True)
+    with pytest.raises(ValueError, match=r"fallback=math_verify hands math-verify the whole response"):
+        is_correct("The answer is 5", "5", fallback="math_verify", numeric=True)
+
+
+def test_reward_math_reads_no_answer_without_a_complete_box_as_verl(tmp_path):
+    """conf/reward/math.yaml: a bare trailing digit of LaTeX is no answer; arithmetic keeps the last number."""
+    from hydra.utils import instantiate
+
+    from tests.test_config import make_cfg
+
+    math_oracle = instantiate(make_cfg(tmp_path, ["reward=math"]).reward.oracle)
+    assert math_oracle.fallback == "none"
+    assert math_oracle.score(
+        ["q"] * 3, ["So it is $\\frac{3}{4}$.", "\\boxed{12", "\\boxed{4}"], answer=["4"] * 3
+    ) == [0.0, 0.0, 1.0]
+    assert instantiate(make_cfg(tmp_path, ["reward=arithmetic"]).reward.oracle).fallback == "last_number"
 
 
 def test_works_outside_the_main_thread():

@@ -7,8 +7,9 @@ or nothing. math-verify is imported lazily so that importing this module stays c
 Timeouts: math-verify bounds parsing and comparison with ``signal.alarm``, which only works on the main
 thread. There we keep its timeouts; in any other thread they are switched off (``parsing_timeout=None``,
 ``timeout_seconds=None``). Either way, final answers whose evaluation could explode (power towers such as
-``9^{9^{9^9}}``, which make sympy run for ever, exponents >= 10^6, binomials of powers) count as wrong
-without being parsed, so a sampled answer can neither hang a worker thread nor stall the main one.
+``9^{9^{9^9}}``, which make sympy run for ever, exponents >= 10^6, binomials of powers, factorials of large
+numbers: :func:`_explosive`), in the response or the gold answer, count as wrong without being parsed, so a
+sampled answer can neither hang a worker thread nor stall the main one.
 """
 
 from __future__ import annotations
@@ -65,17 +66,79 @@ def _parse(text: str, timeout: int | None) -> list:
 
 
 FALLBACKS = ("math_verify", "last_number", "hash", "none")
+MINUS = "\u2212"  # the Unicode minus sign, as models and datasets sometimes write "−5": read as "-"
 _NUMBER_PATTERN = r"-?\d[\d,]*(?:\.\d+)?"
 _NUMBER = re.compile(_NUMBER_PATTERN)
 _NUMERIC_LITERAL = re.compile(rf"\$?{_NUMBER_PATTERN}\$?")
 _HASH_NUMBER = re.compile(rf"####\s*\$?({_NUMBER_PATTERN})")
 
 
-def check_fallback(fallback: str, field: str = "fallback") -> str:
-    """``fallback`` if it is one of :data:`FALLBACKS`, else a ValueError naming ``field``."""
+def check_fallback(fallback: str, field: str = "fallback", numeric: bool = False) -> str:
+    """``fallback`` if it is one of :data:`FALLBACKS` (and, with ``numeric``, one that yields a number: not
+    ``math_verify``, whose text is the whole response), else a ValueError naming ``field``."""
     if fallback not in FALLBACKS:
         raise ValueError(f"{field} must be one of {FALLBACKS}, got {fallback!r}")
+    if numeric and fallback == "math_verify":
+        raise ValueError(
+            f"{field}=math_verify hands math-verify the whole response, which is never a bare number: with "
+            "numeric=true (only number literals count) use last_number, hash or none"
+        )
     return fallback
+
+
+def _explosive(text: str) -> bool:
+    """True when evaluating ``text`` could run for ever: :data:`_EXPLOSIVE`'s forms, a power whose exponent
+    holds a numeric power, a factorial or a 7-digit number (``10^{(10^{10})}``, ``{10}^{{10}^{10}}``,
+    ``10^{10 \\cdot 10^{9}}``), or a factorial of a 6-digit number or of a bracket holding a power."""
+    if _EXPLOSIVE.search(text) or re.search(r"\d{6,}\s*!", text):
+        return True
+    for i, c in enumerate(text):
+        if c == "^" and _heavy(_operand_after(text, i + 1)):
+            return True
+        if c == "!" and _heavy(_operand_before(text, i)):
+            return True
+    return False
+
+
+def _heavy(operand: str) -> bool:
+    """An exponent or factorial argument that may not evaluate: a numeric power (``10^{10}``, ``{10}^9``;
+    a symbolic one such as the ``x^2`` of ``e^{x^2}`` is fine), a factorial, or a 7-digit number."""
+    return re.search(r"[\d}]\s*(?:\^|\*\*)|!|\d{7,}", operand) is not None
+
+
+_CLOSE = {"{": "}", "(": ")", "[": "]"}
+
+
+def _operand_after(text: str, j: int) -> str:
+    """The exponent that starts at ``text[j]``: a bracketed group (``\\left(`` included), else one token."""
+    j = len(text) - len(text[j:].lstrip())
+    if text.startswith("\\left", j):
+        j += len("\\left")
+    if j < len(text) and text[j] in _CLOSE:
+        opening, depth = text[j], 0
+        for k in range(j, len(text)):
+            depth += (text[k] == opening) - (text[k] == _CLOSE[opening])
+            if depth == 0:
+                return text[j + 1 : k]
+        return text[j + 1 :]
+    token = re.match(r"\\?[A-Za-z]+|\d+", text[j:])
+    return token.group() if token else ""
+
+
+def _operand_before(text: str, i: int) -> str:
+    """What the factorial at ``text[i]`` applies to: the bracketed group closing just before it, or a number."""
+    head = text[:i].rstrip()
+    if head and head[-1] in _CLOSE.values():
+        closing = head[-1]
+        opening = next(o for o, c in _CLOSE.items() if c == closing)
+        depth = 0
+        for k in range(len(head) - 1, -1, -1):
+            depth += (head[k] == closing) - (head[k] == opening)
+            if depth == 0:
+                return head[k + 1 : -1]
+        return head
+    number = re.search(r"\d+$", head)
+    return number.group() if number else ""
 
 
 def _final_answer_text(response: str, fallback: str = "math_verify") -> str | None:
@@ -87,6 +150,7 @@ def _final_answer_text(response: str, fallback: str = "math_verify") -> str | No
     whole response, a response that merely restates the question ("200 - 90 = 10") cannot be read as the
     expression's value.
     """
+    response = response.replace(MINUS, "-")
     boxed = last_boxed(response)
     if boxed is not None:
         return f"${_normalize(boxed)}$"
@@ -110,16 +174,17 @@ def is_correct(response: str, answer: str, fallback: str = "math_verify", numeri
     """
     from math_verify import verify
 
-    check_fallback(fallback)
+    check_fallback(fallback, numeric=numeric)
     try:
         timeout = _timeout()
         text = _final_answer_text(response, fallback)
         if text is None or (numeric and not _NUMERIC_LITERAL.fullmatch(text.replace(" ", ""))):
             return False
-        if _EXPLOSIVE.search(text):
+        gold_text = "$" + _normalize(str(answer).replace(MINUS, "-")) + "$"
+        if _explosive(text) or _explosive(gold_text):
             return False
         pred = _parse(text, timeout)
-        gold = _parse(f"${_normalize(str(answer))}$", timeout)
+        gold = _parse(gold_text, timeout)
         return bool(pred) and bool(gold) and bool(verify(gold, pred, timeout_seconds=timeout))
     except Exception:
         logging.getLogger(__name__).debug("answer check failed", exc_info=True)
@@ -147,7 +212,7 @@ class MathVerifier(Oracle):
     needs_answers = True
 
     def __init__(self, fallback: str = "last_number", numeric: bool = False):
-        self.fallback = check_fallback(fallback, "reward.oracle.fallback")
+        self.fallback = check_fallback(fallback, "reward.oracle.fallback", numeric)
         self.numeric = numeric
 
     def score(self, prompts, responses, answer=None, **fields):
