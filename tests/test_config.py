@@ -282,3 +282,13 @@ def test_a_device_list_on_the_command_line_counts_its_devices(tmp_path):
     check_batches(cfg)
     assert cfg.optim.scheduler.steps_per_iteration == 4  # 32 prompts over 2 ranks, batches of 4
     assert instantiate(cfg.trainer.strategy).__class__.__name__ == "ModelParallelStrategy"
+
+
+def test_every_data_source_takes_max_val_prompts(tmp_path):
+    """The README's `data.max_val_prompts=null` (evaluate on the whole test split) composes with every source."""
+    for name in options("data"):
+        extra = ["data.dataset.train=p.jsonl"] if name == "local" else []
+        assert (
+            "max_val_prompts"
+            in make_cfg(tmp_path, [f"data={name}", *extra, "data.max_val_prompts=null"]).data
+        )

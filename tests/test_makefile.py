@@ -5,6 +5,7 @@ A fake interpreter stands in for `.venv/bin/python`: it logs each call and fails
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -51,3 +52,11 @@ def test_a_step_failing_every_attempt_stops_the_install_unstamped(tmp_path):
     assert proc.returncode != 0
     assert calls == ["-m pip install -q --upgrade pip"] * 3
     assert not stamp.exists()
+
+
+def test_make_model_fetches_into_sppo_models_dir_when_set(tmp_path):
+    """The training config reads the model from ${SPPO_MODELS_DIR}; `make model` fetches it there too."""
+    env = {**os.environ, "SPPO_MODELS_DIR": str(tmp_path / "shared")}
+    args = ["make", "-n", "-C", str(ROOT), "model", f"VENV={tmp_path / 'venv'}"]
+    printed = subprocess.run(args, capture_output=True, text=True, env=env, timeout=60).stdout
+    assert f"--out {tmp_path / 'shared'}/SmolLM2-135M-Instruct" in printed

@@ -37,9 +37,10 @@ class PairwiseOracle(ClassifierOracle):
     K (K - 1) / 2 pairs i < j), all prompts' pairs in one batched pass, and averages both presentation
     orders: L[i, j] = (l(i, j) - l(j, i)) / 2. Then, by ``mode``:
     - ``pairs`` (default): P(y_i > y_j) = sigmoid(L[i, j]), each pair judged on its own;
-    - ``joint``: PairRM's ranking as the original uclaml/SPPO used it, s_i = mean_j L[i, j] and
-      P = sigmoid(s_i - s_j), which makes a pair's preference depend on the other candidates.
-    The rollouts' ``scores`` are s_i (mean log-odds of beating the others). There is no pointwise score, so
+    - ``joint``: PairRM's ranking as the original uclaml/SPPO used it, s_i = (2/K) sum_j L[i, j] (llm-blender's
+      (1/K) sum_j (l(i, j) - l(j, i))) and P = sigmoid(s_i - s_j), which makes a pair's preference depend on
+      the other candidates.
+    The rollouts' ``scores`` are s_i (twice the mean log-odds of beating the others). There is no pointwise score, so
     validation logs ``val/win_rate`` against the starting policy (P(new > start) = sigmoid(L)) and no
     ``val/reward_mean``.
     """
