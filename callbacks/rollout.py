@@ -47,6 +47,7 @@ from sppo_pl.distributed import all_gather_list, broadcast_from_zero, drain, ran
 from sppo_pl.logprobs import summed_token_logps
 from sppo_pl.report import write_jsonl_atomic
 from sppo_pl.rollout.base import (
+    ROLLOUT_MODES,
     Generation,
     RolloutEngine,
     SamplingConfig,
@@ -75,8 +76,8 @@ class RolloutCallback(L.Callback):
         drop_ties: bool | str = False,
         max_rounds: int = 3,
     ):
-        if mode not in ("colocate", "rank0"):
-            raise ValueError(f"rollout.mode must be 'colocate' or 'rank0', got {mode!r}")
+        if mode not in ROLLOUT_MODES:
+            raise ValueError(f"rollout.mode must be one of {ROLLOUT_MODES}, got {mode!r}")
         check_max_rounds(max_rounds)
         check_drop_ties(drop_ties)
         self.mode, self.seed = mode, seed
@@ -111,8 +112,15 @@ class RolloutCallback(L.Callback):
         """Fitting is over: shut the engine down (``close``, when it has one) so its memory is handed back
         before the next job of a sweep starts in the same process; a later fit builds a new one. A validation
         before fitting keeps it."""
-        if stage != "fit":
-            return
+        if stage == "fit":
+            self.close_engine()
+
+    def on_exception(self, trainer, pl_module, exception):
+        """A run that fails (Lightning calls no teardown then) hands its engine's memory back too: a sweep's
+        next trial, or the user's next run in this process, starts without it."""
+        self.close_engine()
+
+    def close_engine(self) -> None:
         close = getattr(self.engine, "close", None)
         if close is not None:
             close()
@@ -176,8 +184,7 @@ class RolloutCallback(L.Callback):
         """Push the policy into the engine unless it already holds this optimizer step's weights (an
         engine that dropped its weights while asleep always gets them again).
 
-        Returns the seconds of the sync that put the current weights in the engine (done now or earlier,
-        e.g. before validation).
+        Returns the seconds of the sync done now, 0.0 when none was needed (``_last_sync_s`` keeps the last).
         """
         # every rank must decide alike (a sharded stream is collective): rank 0's engine decides
         dropped = broadcast_from_zero(bool(getattr(self.engine, "weights_dropped", False)))
@@ -188,7 +195,8 @@ class RolloutCallback(L.Callback):
             drain(stream)  # the gathers must line up on every rank, even if an engine stopped early
             self._synced_step = trainer.global_step
             self._last_sync_s = time.perf_counter() - start
-        return self._last_sync_s
+            return self._last_sync_s
+        return 0.0
 
     def generate_own(
         self,
@@ -238,8 +246,10 @@ class RolloutCallback(L.Callback):
         if trainer.is_global_zero:
             self._save(rollouts, iteration, trainer.global_step)
         n_tokens = sum(len(t) for r in rollouts for t in r.response_ids)
+        # the iteration's syncs; none when the weights went in earlier at this step (before validation): that one
+        sync_s = timing.pop("sync_s") or self._last_sync_s
         metrics = rollout_metrics(
-            rollouts, timing.pop("gen_s"), timing.pop("sync_s"), n_tokens, timing.pop("sampled_tokens")
+            rollouts, timing.pop("gen_s"), sync_s, n_tokens, timing.pop("sampled_tokens")
         ) | {
             "rollout/score_s": timing["score_s"],
             "rollout/ref_logps_s": timing["ref_logps_s"],

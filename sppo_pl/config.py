@@ -74,6 +74,7 @@ def check_config(cfg: DictConfig, loss) -> None:
     check_required(cfg)
     check_sampling(cfg)
     check_loss(cfg, loss)
+    check_choices(cfg)
     check_batches(cfg)
     check_data_source(cfg)
     check_runtime(cfg)
@@ -120,6 +121,28 @@ def check_sampling(cfg: DictConfig) -> None:
     check_val_max_tokens(cfg.rollout.get("val_max_tokens"))
 
 
+def check_choices(cfg: DictConfig) -> None:
+    """``module.reference`` and ``rollout.mode`` name one of their choices, and the frozen copy of pi_t
+    (``module.reference=model``) is not asked of FSDP1, whose root unit would flatten the policy's and the
+    copy's top-level weights together (their shards could not be copied one onto the other)."""
+    from sppo_pl.module import REFERENCES
+    from sppo_pl.rollout.base import ROLLOUT_MODES
+
+    reference, mode = cfg.module.get("reference"), cfg.rollout.get("mode")
+    if reference not in REFERENCES:
+        raise ValueError(f"module.reference must be one of {REFERENCES}, got {reference!r}")
+    if mode is not None and mode not in ROLLOUT_MODES:
+        raise ValueError(f"rollout.mode must be one of {ROLLOUT_MODES}, got {mode!r}")
+    strategy = cfg.trainer.get("strategy")
+    name = strategy.get("name") if isinstance(strategy, DictConfig) else None
+    if reference == "model" and name == "fsdp1" and world_size(cfg.trainer)[0] > 1:
+        raise ValueError(
+            "module.reference=model with trainer/strategy=fsdp1 is not supported: FSDP1 flattens the policy's "
+            "and its frozen copy's top-level weights into one unit; use module.reference=precompute, or "
+            "trainer/strategy=fsdp (FSDP2)"
+        )
+
+
 def check_loss(cfg: DictConfig, loss) -> None:
     """K >= 2 when the loss compares samples of one prompt, or when P_hat leaves the response itself out."""
     k = cfg.rollout.sampling.n
@@ -136,8 +159,9 @@ def check_loss(cfg: DictConfig, loss) -> None:
 
 def check_batches(cfg: DictConfig) -> None:
     """``data.prompts_per_iteration`` splits evenly over the ranks (``trainer.devices`` x ``trainer.num_nodes``),
-    and each rank's share of an iteration's rollouts fills at least one ``data.batch_size`` batch (a larger
-    batch would silently train on one short batch per iteration)."""
+    each rank's share of an iteration's rollouts fills at least one ``data.batch_size`` batch (a larger
+    batch would silently train on one short batch per iteration), and its batches make whole groups of
+    ``trainer.accumulate_grad_batches`` (Lightning divides a short last group by the full count)."""
     from sppo_pl.rollout.base import is_whole
 
     data = cfg.data
@@ -160,6 +184,14 @@ def check_batches(cfg: DictConfig) -> None:
             f"data.batch_size={batch} is larger than the {share} rollouts each rank trains on per iteration "
             f"(data.prompts_per_iteration={per_iteration} over {world} rank{'s' if world > 1 else ''}): every "
             f"iteration would be one short batch; use data.batch_size <= {share} or more data.prompts_per_iteration"
+        )
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1) or 1
+    batches = math.ceil(share / batch)
+    if batches % accumulate:
+        raise ValueError(
+            f"trainer.accumulate_grad_batches={accumulate} does not divide the {batches} batches each rank trains on "
+            f"per iteration ({share} rollouts in data.batch_size={batch} batches): the iteration's last optimizer "
+            f"step would sum {batches % accumulate} batches' gradients but divide them by {accumulate}"
         )
 
 

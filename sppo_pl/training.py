@@ -23,10 +23,12 @@ log = logging.getLogger(__name__)
 def build(
     cfg: DictConfig, ckpt: str | None = None
 ) -> tuple[L.LightningModule, L.LightningDataModule, L.Trainer]:
-    """Instantiate everything in order; every config error is raised before a model loads (and a checkpoint
-    to resume, ``ckpt``, is checked to hold ``model.path``'s architecture)."""
+    """Instantiate everything in order; every config error is raised before a model is fetched or loads (the
+    checks, and the callbacks, whose constructors check their settings, come first), and a checkpoint to
+    resume, ``ckpt``, is checked to hold ``model.path``'s architecture."""
     loss = instantiate(cfg.loss)
     check_config(cfg, loss)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     prepare(cfg)
     check_model_dir(cfg)
     if ckpt is not None:
@@ -48,7 +50,6 @@ def build(
         optimizer=instantiate(cfg.optim.optimizer),
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
     )
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     callbacks += [instantiate(cfg.rollout, oracle=reward), reward]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -61,6 +61,30 @@ def test_dropping_ties_with_one_sample_per_prompt_is_refused(tmp_path):
     refused(tmp_path, overrides, ValueError, r"rollout\.drop_ties=true with rollout\.sampling\.n=1")
 
 
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["rollout.mode=bogus"], r"rollout\.mode must be one of \('colocate', 'rank0'\), got 'bogus'"),
+        (["module.reference=bogus"], r"module\.reference must be one of \('engine', 'precompute', 'model'\)"),
+        (
+            ["callbacks.finite_check.on_nonfinite=bogus"],
+            r"on_nonfinite must be 'stop' or 'skip', got 'bogus'",
+        ),
+        (
+            ["module.reference=model", "trainer/strategy=fsdp1", "trainer.devices=2"],
+            r"module\.reference=model with trainer/strategy=fsdp1 is not supported",
+        ),
+        (
+            ["data.prompts_per_iteration=12", "data.batch_size=4", "trainer.accumulate_grad_batches=2"],
+            r"trainer\.accumulate_grad_batches=2 does not divide the 3 batches each rank trains on",
+        ),
+    ],
+)
+def test_bad_choices_are_refused_before_the_model_is_built(tmp_path, overrides, match):
+    """Refused before model.prepare writes the tiny model (``refused`` checks the models dir stays empty)."""
+    refused(tmp_path, overrides, Exception, match)
+
+
 def test_leaving_the_response_out_of_p_hat_with_one_sample_is_refused(tmp_path):
     overrides = [
         "reward.include_self=false",

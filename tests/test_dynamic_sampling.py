@@ -245,3 +245,28 @@ def test_tokens_per_s_counts_every_round_and_response_len_the_kept_groups(monkey
     assert trainer.logged["rollout/tokens_per_s"] == pytest.approx(4.0)
     assert trainer.logged["rollout/response_len"] == 1.0
     assert (trainer.logged["rollout/rounds"], trainer.logged["rollout/tied_fraction"]) == (3.0, 4 / 6)
+
+
+def test_sync_seconds_count_the_syncs_done_not_each_round(monkeypatch):
+    """3 rounds at one optimizer step: one sync (0.05 s), then two skipped; rollout/sync_s is that one sync,
+    not three times it."""
+    import time
+    from types import SimpleNamespace
+
+    from sppo_pl.rollout.base import Generation
+
+    cb, trainer = _callback_over_fakes(monkeypatch, "precompute", logprobs=False)
+    monkeypatch.undo()  # the real generations(), over a stub engine
+    syncs = []
+    cb.engine = SimpleNamespace(
+        sync_weights=lambda stream: (syncs.append(1), time.sleep(0.05)),
+        generate=lambda ids, sampling, seeds=None: [
+            Generation([[5], [6]], ["a", "b"], ["stop", "stop"]) for _ in ids
+        ],
+    )
+    module = _PassCounter("precompute")
+    module.hparams.model_path = "/m"
+    module.named_weights = lambda: iter([])
+    cb.rollout(trainer, module, iteration=0)
+    assert trainer.logged["rollout/rounds"] == 3.0 and syncs == [1]
+    assert 0.05 <= trainer.logged["rollout/sync_s"] < 0.1

@@ -91,3 +91,39 @@ def test_the_engine_is_shut_down_when_fitting_ends_and_kept_after_a_validation()
     assert cb.engine is engine and calls == []
     cb.teardown(None, None, stage="fit")
     assert cb.engine is None and calls == ["shutdown"] and engine.llm is None
+
+
+def test_a_failed_fit_shuts_the_engine_down_too():
+    """Lightning runs no teardown when fit raises (a diverging sweep trial stopped by FiniteCheck): the
+    callback's on_exception hands the engine's memory back instead."""
+    import lightning as L
+    import torch
+
+    from callbacks.rollout import RolloutCallback
+
+    closed = []
+    cb = RolloutCallback(engine=None, sampling={"n": 2}, oracle=object())
+    cb.engine = type("Engine", (), {"close": lambda self: closed.append(True)})()
+    for hook in ("setup", "on_train_start", "on_train_epoch_start"):  # no data module here: no rollouts
+        setattr(cb, hook, lambda *a, **k: None)
+
+    class Failing(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, i):
+            raise FloatingPointError("diverged")
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(torch.zeros(2, 1))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = L.Trainer(
+        callbacks=[cb], max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    with pytest.raises(FloatingPointError):
+        trainer.fit(Failing())
+    assert closed == [True] and cb.engine is None

@@ -26,6 +26,9 @@ class SamplingConfig:
         check_sampling(self.n, self.temperature, self.top_p, self.max_tokens)
 
 
+ROLLOUT_MODES = ("colocate", "rank0")  # rollout.mode: an engine on every rank, or on rank 0 only
+
+
 @dataclass
 class Generation:
     """One prompt's responses: token ids (eos kept if generated) and decoded text (special tokens skipped)."""
