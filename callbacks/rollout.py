@@ -7,8 +7,9 @@ a length known in advance (``data.prompts_per_iteration`` prompt groups) and is 
 batch is read. By then the previous iteration's checkpoint is on disk (ModelCheckpoint writes it at that
 iteration's end), so a failure while making rollouts (an oracle error, a missing answer) loses nothing that
 was trained. The generations are saved (``rollouts/epoch_K.generated.jsonl``) before they are scored: a
-resumed run that finds them, sampled by the same policy step for the same prompts, with the same seeds, model
-path and ``rollout.sampling``, scores them again instead of sampling anew.
+resumed run that finds them, sampled by the same run (not a fresh run started in the same directory) at the
+same policy step for the same prompts, with the same seeds, model path and ``rollout.sampling``, scores them
+again instead of sampling anew.
 Before each generation, and before validation, the policy's current weights are pushed into the running
 engine in place (once per optimizer step: a sync is skipped when the policy has not changed since the last).
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from dataclasses import fields as dataclass_fields
@@ -90,9 +92,21 @@ class RolloutCallback(L.Callback):
         self.engine: RolloutEngine | None = None
         self._synced_step: int | None = None
         self._last_sync_s = 0.0
+        # this run's identity, kept in its checkpoints: a resumed run reuses its own saved generations, a run
+        # started afresh in an old run's directory never those of the old run (rank 0's, once set up)
+        self.run_id = uuid.uuid4().hex
 
     # ---- hooks ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"run_id": self.run_id}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A resumed run takes on the identity of the run that wrote the checkpoint (Lightning restores
+        callbacks after their ``setup``)."""
+        self.run_id = state_dict.get("run_id", self.run_id)
+
     def setup(self, trainer, pl_module, stage):
+        self.run_id = broadcast_from_zero(self.run_id)
         world, per_iteration = trainer.world_size, trainer.datamodule.prompts_per_iteration
         if per_iteration % world:
             raise ValueError(
@@ -322,6 +336,7 @@ class RolloutCallback(L.Callback):
         step = trainer.global_step
         logprobs = pl_module.hparams.reference == "engine"
         sampled_with = {
+            "run": self.run_id,
             "model": pl_module.hparams.model_path,
             "sampling": asdict(self.sampling),
             "logprobs": logprobs,
@@ -408,9 +423,9 @@ def load_generations(
 ) -> list[Generation] | None:
     """The generations saved for round ``rnd`` of iteration ``iteration`` (:func:`generated_name`) if they were
     sampled by the policy of global step ``step`` for exactly these prompts, with these request ``seeds`` and
-    as ``sampled_with`` says (the model path, ``rollout.sampling``, whether the engine's log-probs were kept),
-    else None: a run started afresh in an old run's directory, or resumed with other sampling settings, samples
-    anew. Every rank reads the same file."""
+    as ``sampled_with`` says (this run, its model path, ``rollout.sampling``, whether the engine's log-probs
+    were kept), else None: a run started afresh in an old run's directory, or resumed with other sampling
+    settings, samples anew. Every rank reads the same file."""
     path = None if save_dir is None else save_dir / generated_name(iteration, rnd)
     if path is None or not path.is_file():
         return None

@@ -222,33 +222,37 @@ class TaggedEngine:
     "change, sampling, seed",
     [
         ("nothing", {"n": 2, "temperature": 0.7}, 0),
+        ("run", {"n": 2, "temperature": 0.7}, 0),
         ("model", {"n": 2, "temperature": 0.7}, 0),
         ("sampling", {"n": 4, "temperature": 1.0}, 0),
         ("seed", {"n": 2, "temperature": 0.7}, 1),
     ],
 )
 def test_saved_generations_are_reused_only_when_sampled_alike(tmp_path, change, sampling, seed):
-    """Generations saved at this iteration and step are reused (a resume after a failure) only when the same
-    model, rollout.sampling and seed sampled them: a run started afresh in an old run's directory, or resumed
-    with other settings, samples anew."""
+    """Generations saved at this iteration and step are reused by the run that saved them, resumed from its
+    checkpoint (the callback's state), and only with the same model, rollout.sampling and seed: a run started
+    afresh in the old run's directory ("run"), or resumed with other settings, samples anew."""
     from types import SimpleNamespace
 
     from callbacks.rollout import RolloutCallback
 
-    trainer = SimpleNamespace(global_step=0, is_global_zero=True)
+    trainer = SimpleNamespace(global_step=8, is_global_zero=True)
     prompts = [{"prompt": f"What is {i}+1?", "prompt_ids": [5, i]} for i in range(3)]
 
-    def generations(tag, model, sampling, seed):
+    def generations(tag, model, sampling, seed, state=None):
         pl_module = SimpleNamespace(hparams=SimpleNamespace(reference="precompute", model_path=model))
         pl_module.named_weights = lambda: iter([])
         cb = RolloutCallback(engine=None, sampling=sampling, save_dir=str(tmp_path / "rollouts"), seed=seed)
+        if state is not None:
+            cb.load_state_dict(state)  # what Lightning restores from the run's checkpoint
         cb.engine = TaggedEngine(tag)
-        gens, gen_s, _ = cb.generations(trainer, pl_module, 0, prompts)
-        return gens[0].texts, gen_s is None
+        gens, gen_s, _ = cb.generations(trainer, pl_module, 1, prompts)
+        return gens[0].texts, gen_s is None, cb.state_dict()
 
-    assert generations("first", "/models/a", {"n": 2, "temperature": 0.7}, 0) == (["first T=0.7"] * 2, False)
+    texts, reused, state = generations("first", "/models/a", {"n": 2, "temperature": 0.7}, 0)
+    assert (texts, reused) == (["first T=0.7"] * 2, False)
     model = "/models/b" if change == "model" else "/models/a"
-    texts, reused = generations("second", model, sampling, seed)
+    texts, reused, _ = generations("second", model, sampling, seed, None if change == "run" else state)
     if change == "nothing":
         assert (texts, reused) == (["first T=0.7"] * 2, True)
     else:
