@@ -24,7 +24,8 @@ from sppo_pl.distributed import all_gather_list
 from sppo_pl.rewards.oracle import Oracle, score_rollouts
 from sppo_pl.types import Rollout
 
-NOT_FIELDS = ("prompt", "prompt_ids", "responses")  # validation batch columns that are not dataset fields
+# validation batch columns that are not dataset fields
+NOT_FIELDS = ("prompt", "prompt_ids", "responses", "val_weight")
 
 
 class RewardCallback(Oracle, L.Callback):
@@ -60,10 +61,14 @@ class RewardCallback(Oracle, L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         prompts, responses = batch["prompt"], outputs["responses"]
         fields = {k: v for k, v in batch.items() if k not in NOT_FIELDS}
+        # 0 for the repeats that pad the last prompts over several ranks: each prompt counts once
+        weights = torch.tensor(batch.get("val_weight", [1.0] * len(prompts)), device=pl_module.device)
         oracle = self.oracle
         if oracle.has_scores:
             scores = oracle.checked_score(prompts, responses, **fields)
-            self.val_reward.update(torch.tensor(scores, dtype=torch.float32, device=pl_module.device))
+            self.val_reward.update(
+                torch.tensor(scores, dtype=torch.float32, device=pl_module.device), weights
+            )
         if _iteration(trainer) == 0:
             self._val_start.update(zip(prompts, responses))
             return
@@ -75,7 +80,9 @@ class RewardCallback(Oracle, L.Callback):
                 [self.start_responses[prompts[n]] for n in known],
                 **{k: [v[n] for n in known] for k, v in fields.items()},
             )
-            self.val_win.update(torch.tensor(wins, dtype=torch.float32, device=pl_module.device))
+            self.val_win.update(
+                torch.tensor(wins, dtype=torch.float32, device=pl_module.device), weights[known]
+            )
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking:

@@ -251,9 +251,29 @@ class SPPODataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.val_prompts, batch_size=self.val_batch_size, shuffle=False, collate_fn=_as_columns
+        """The test prompts in order, each with its ``val_weight``. On several ranks each rank takes every
+        world-th prompt; the last ones are padded with repeats (so every rank runs as many batches: generation
+        may be collective) that carry weight 0, so ``val/*`` counts each prompt once."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        dataset = ValidationPrompts(self.val_prompts, world)
+        sampler = (
+            DistributedSampler(dataset, world, self.trainer.global_rank, shuffle=False) if world > 1 else None
         )
+        return DataLoader(dataset, batch_size=self.val_batch_size, sampler=sampler, collate_fn=_as_columns)
+
+
+class ValidationPrompts(torch.utils.data.Dataset):
+    """``prompts`` padded with repeats to a multiple of ``world``; ``val_weight`` 1 for each prompt's first
+    appearance, 0 for a repeat."""
+
+    def __init__(self, prompts: list[dict], world: int = 1):
+        self.prompts, self.length = prompts, math.ceil(len(prompts) / world) * world
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.prompts[i % len(self.prompts)], "val_weight": float(i < len(self.prompts))}
 
 
 def answers_needed_by(reward: Any) -> str | None:

@@ -143,3 +143,39 @@ def test_a_split_smaller_than_an_iteration_is_repeated_with_a_warning(tiny_token
         dm = _dm(tiny_tokenizer, prompts, prompts_per_iteration=4, seed=3)
     assert "the train split has 3 prompts, fewer than data.prompts_per_iteration=4" in caplog.text
     assert sorted({p["prompt"] for p in dm.next_prompts(0)}) == sorted(prompts)
+
+
+def test_validation_on_two_ranks_counts_each_prompt_once(tiny_tokenizer):
+    """5 test prompts on 2 ranks: 3 batches' worth per rank (rank 1's last one a repeat, as every rank must
+    run as many batches), and the repeat weighs 0, so a prompt's score counts once in val/*."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from callbacks.reward import RewardCallback
+    from sppo_pl.rewards.function import FunctionOracle
+
+    test = [f"What is {i} + 0?" for i in range(5)]
+    ds = DatasetDict(
+        train=Dataset.from_dict({"prompt": ["x?"] * 4, "answer": ["1"] * 4}),
+        test=Dataset.from_dict({"prompt": test, "answer": ["1"] * 5}),
+    )
+    dm = SPPODataModule(ds, tokenizer=tiny_tokenizer, prompts_per_iteration=2, batch_size=1, val_batch_size=2)
+    dm.setup("fit")
+    reward = RewardCallback(
+        FunctionOracle(fn=lambda prompts, responses, **kw: [float(p == test[0]) for p in prompts])
+    )
+    module = SimpleNamespace(device=torch.device("cpu"))
+    trainer = SimpleNamespace(current_epoch=0, state=SimpleNamespace(fn="validate"))
+    reward.on_validation_epoch_start(trainer, module)
+    counts, weight_of = [], {}
+    for rank in (0, 1):
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        batches = list(dm.val_dataloader())
+        counts.append(sum(len(b["prompt"]) for b in batches))
+        for b in batches:
+            for p, w in zip(b["prompt"], b["val_weight"]):
+                weight_of[p] = weight_of.get(p, 0.0) + w
+            reward.on_validation_batch_end(trainer, module, {"responses": ["r"] * len(b["prompt"])}, b, 0)
+    assert counts == [3, 3] and weight_of == dict.fromkeys(test, 1.0)
+    assert float(reward.val_reward.compute()) == pytest.approx(1 / 5)  # prompt 0, the repeat, counted once
