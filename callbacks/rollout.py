@@ -49,12 +49,12 @@ from sppo_pl.distributed import all_gather_list, broadcast_from_zero, drain, ran
 from sppo_pl.logprobs import summed_token_logps
 from sppo_pl.report import write_jsonl_atomic
 from sppo_pl.rollout.base import (
-    ROLLOUT_MODES,
     Generation,
     RolloutEngine,
     SamplingConfig,
     check_drop_ties,
     check_max_rounds,
+    check_rollout_mode,
     dynamic_sampling,
     request_seeds,
     validation_sampling,
@@ -78,8 +78,7 @@ class RolloutCallback(L.Callback):
         drop_ties: bool | str = False,
         max_rounds: int = 3,
     ):
-        if mode not in ROLLOUT_MODES:
-            raise ValueError(f"rollout.mode must be one of {ROLLOUT_MODES}, got {mode!r}")
+        check_rollout_mode(mode)
         check_max_rounds(max_rounds)
         check_drop_ties(drop_ties)
         self.mode, self.seed = mode, seed

@@ -125,14 +125,13 @@ def check_choices(cfg: DictConfig) -> None:
     """``module.reference`` and ``rollout.mode`` name one of their choices, and the frozen copy of pi_t
     (``module.reference=model``) is not asked of FSDP1, whose root unit would flatten the policy's and the
     copy's top-level weights together (their shards could not be copied one onto the other)."""
-    from sppo_pl.module import REFERENCES
-    from sppo_pl.rollout.base import ROLLOUT_MODES
+    from sppo_pl.module import check_reference
+    from sppo_pl.rollout.base import check_rollout_mode
 
     reference, mode = cfg.module.get("reference"), cfg.rollout.get("mode")
-    if reference not in REFERENCES:
-        raise ValueError(f"module.reference must be one of {REFERENCES}, got {reference!r}")
-    if mode is not None and mode not in ROLLOUT_MODES:
-        raise ValueError(f"rollout.mode must be one of {ROLLOUT_MODES}, got {mode!r}")
+    check_reference(reference)
+    if mode is not None:
+        check_rollout_mode(mode)
     strategy = cfg.trainer.get("strategy")
     name = strategy.get("name") if isinstance(strategy, DictConfig) else None
     if reference == "model" and name == "fsdp1" and world_size(cfg.trainer)[0] > 1:

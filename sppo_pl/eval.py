@@ -29,7 +29,7 @@ import sppo_pl.config  # noqa: F401  (registers the resolvers the configs use)
 from sppo_pl.metrics import greedy_metrics, sample_metrics
 from sppo_pl.report import markdown_table, write_jsonl_atomic
 from sppo_pl.rewards.oracle import oracle_from_config
-from sppo_pl.rollout.base import SamplingConfig, request_seeds
+from sppo_pl.rollout.base import SamplingConfig, is_whole, request_seeds
 
 log = logging.getLogger(__name__)
 ARCH_KEYS = ("architectures", "hidden_size", "num_hidden_layers", "vocab_size", "num_attention_heads")
@@ -107,10 +107,10 @@ def check_same_architecture(start: str, policy: str) -> None:
 
 def check_pass_at(pass_at: list[int] | None, samples: int) -> list[int]:
     """``eval.pass_at`` (default ``[eval.samples]``; one k or a list): each k a whole number within 1..samples."""
-    if isinstance(pass_at, int) and not isinstance(pass_at, bool):
+    if is_whole(pass_at):
         pass_at = [pass_at]
     ks = [samples] if pass_at is None and samples else pass_at or []
-    if isinstance(ks, str | bool) or not all(isinstance(k, int) and not isinstance(k, bool) for k in ks):
+    if isinstance(ks, str | bool) or not all(is_whole(k) for k in ks):
         raise ValueError(f"eval.pass_at must be null, a whole number or a list of them, got {pass_at!r}")
     ks = list(ks)
     bad = [k for k in ks if not 1 <= k <= samples]

@@ -60,7 +60,8 @@ def export_hf(ckpt: str | Path, out: str | Path, model_path: str | None = None) 
 
     from sppo_pl.module import restore_dropout
 
-    policy = load_policy_from_checkpoint(ckpt, model_path)
+    source = model_path or checkpoint_model_path(Path(ckpt))  # read once: the architecture and the tokenizer
+    policy = load_policy_from_checkpoint(ckpt, source)
     bad = [n for n, t in policy.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise ValueError(f"{ckpt}: {len(bad)} weights are not finite (e.g. {bad[0]}): nothing exported")
@@ -68,7 +69,6 @@ def export_hf(ckpt: str | Path, out: str | Path, model_path: str | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     restore_dropout(policy.config, policy.zeroed_dropout)  # the exported config keeps the source's rates
     policy.save_pretrained(out)
-    source = model_path or checkpoint_model_path(Path(ckpt))
     AutoTokenizer.from_pretrained(source).save_pretrained(out)
     return out
 

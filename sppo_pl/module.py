@@ -48,8 +48,7 @@ class SPPOModule(L.LightningModule):
         reshard_after_forward: bool = True,
     ):
         super().__init__()
-        if reference not in REFERENCES:
-            raise ValueError(f"module.reference must be one of {REFERENCES}, got {reference!r}")
+        check_reference(reference)
         self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"])
         self.loss_fn = loss
         self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-6)
@@ -163,6 +162,12 @@ class SPPOModule(L.LightningModule):
             "optimizer": opt,
             "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"},
         }
+
+
+def check_reference(reference) -> None:
+    """``module.reference``: one of :data:`REFERENCES`."""
+    if reference not in REFERENCES:
+        raise ValueError(f"module.reference must be one of {REFERENCES}, got {reference!r}")
 
 
 def load_policy(model_path: str, dtype: str = "float32", attn_implementation: str | None = None) -> nn.Module:

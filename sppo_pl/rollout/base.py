@@ -98,6 +98,12 @@ def _real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def check_rollout_mode(mode) -> None:
+    """``rollout.mode``: one of :data:`ROLLOUT_MODES`."""
+    if mode not in ROLLOUT_MODES:
+        raise ValueError(f"rollout.mode must be one of {ROLLOUT_MODES}, got {mode!r}")
+
+
 def check_max_rounds(value) -> None:
     """``rollout.max_rounds``: a whole number >= 1 (rounds of sampling under dynamic sampling)."""
     if not is_whole(value) or value < 1:
