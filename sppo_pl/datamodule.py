@@ -90,12 +90,8 @@ class SPPODataModule(L.LightningDataModule):
                 raise ValueError(f"data.dataset must provide a '{split}' split, got {list(ds)}")
         if stage != "validate":
             self.train_prompts = self._encode(ds["train"], "train")
-        val = (
-            ds["test"]
-            if self.max_val_prompts is None
-            else ds["test"].select(range(min(self.max_val_prompts, len(ds["test"]))))
-        )
-        self.val_prompts = self._encode(val, "test")
+        rows = spread_rows(len(ds["test"]), self.max_val_prompts)
+        self.val_prompts = self._encode(ds["test"].select(rows), "test", rows)
         if 0 < len(self.train_prompts) < self.prompts_per_iteration:
             log.warning(
                 "data: the train split has %d prompts, fewer than data.prompts_per_iteration=%d: each iteration "
@@ -104,12 +100,13 @@ class SPPODataModule(L.LightningDataModule):
                 self.prompts_per_iteration,
             )
 
-    def _encode(self, split, name: str) -> list[dict]:
-        """The split's rows checked and tokenized; ``self.where[name]`` records where each came from."""
+    def _encode(self, split, name: str, rows: list[int] | None = None) -> list[dict]:
+        """The split's rows checked and tokenized; ``self.where[name]`` records where each came from.
+        ``rows``: each row's index in the whole split, when ``split`` is a selection of it."""
         check_columns(split, f"split '{name}'", [self.prompt_key, *self.fields])
         self.answer_columns[name] = bool(self.answer_key) and self.answer_key in split.column_names
         kept, self.where[name] = [], []
-        for i, row in enumerate(split):
+        for i, row in zip(rows or range(len(split)), split, strict=True):
             at = locate(row, name, i)  # the file and its row, for a local file's rows
             if (encoded := self._encode_row(row, *at)) is not None:
                 kept.append(encoded)
@@ -351,6 +348,19 @@ def encode_prompt(tokenizer, prompt: str | list[dict], system_prompt: str | None
 
 
 @lru_cache(maxsize=4)
+def spread_rows(n: int, limit: int | None) -> list[int]:
+    """``limit`` row indices of an ``n``-row split spread evenly over it (all ``n`` when ``limit`` is None or
+    not below ``n``): row ``(i * n) // limit`` for ``i < limit``, so a split sorted by subject or difficulty
+    is sampled across its whole length, the same rows in every run and for every seed.
+
+    >>> spread_rows(10, 4)
+    [0, 2, 5, 7]
+    """
+    if limit is None or limit >= n:
+        return list(range(n))
+    return [(i * n) // limit for i in range(limit)]
+
+
 def _permutation(seed: int, cycle: int, n: int) -> list[int]:
     perm = list(range(n))
     random.Random(seed * 1_000_003 + cycle).shuffle(perm)

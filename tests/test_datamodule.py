@@ -179,3 +179,34 @@ def test_validation_on_two_ranks_counts_each_prompt_once(tiny_tokenizer):
             reward.on_validation_batch_end(trainer, module, {"responses": ["r"] * len(b["prompt"])}, b, 0)
     assert counts == [3, 3] and weight_of == dict.fromkeys(test, 1.0)
     assert float(reward.val_reward.compute()) == pytest.approx(1 / 5)  # prompt 0, the repeat, counted once
+
+
+def test_max_val_prompts_spreads_over_a_sorted_test_split_and_names_original_rows(tiny_tokenizer):
+    """A test split sorted by subject: its first 4 of 10 rows would all be algebra. The 4 taken are
+    rows 0, 2, 5 and 7, whatever the seed; a bad one is named by its row in the whole split."""
+    from sppo_pl.datamodule import spread_rows
+
+    assert spread_rows(10, 4) == [0, 2, 5, 7]
+    assert spread_rows(3, 5) == spread_rows(3, None) == [0, 1, 2]
+    types = ["algebra"] * 5 + ["geometry"] * 5
+    test = {"prompt": [f"Problem {i}?" for i in range(10)], "answer": ["1"] * 10, "type": types}
+    for seed in (0, 1):
+        dm = SPPODataModule(
+            DatasetDict(train=Dataset.from_dict(test), test=Dataset.from_dict(test)),
+            tokenizer=tiny_tokenizer,
+            max_val_prompts=4,
+            fields=["type"],
+            seed=seed,
+        )
+        dm.setup("validate")
+        assert [p["prompt"] for p in dm.val_prompts] == [f"Problem {i}?" for i in (0, 2, 5, 7)]
+        assert {p["type"] for p in dm.val_prompts} == {"algebra", "geometry"}
+        assert dm.where["test"] == [("split 'test'", i) for i in (0, 2, 5, 7)]
+    test["prompt"][7] = " "
+    dm = SPPODataModule(
+        DatasetDict(train=Dataset.from_dict(test), test=Dataset.from_dict(test)),
+        tokenizer=tiny_tokenizer,
+        max_val_prompts=4,
+    )
+    with pytest.raises(ValueError, match=r"split 'test' row 7, field 'prompt': empty prompt"):
+        dm.setup("validate")
