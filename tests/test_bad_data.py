@@ -57,6 +57,21 @@ def test_an_empty_file_is_named_as_empty(tmp_path, name, text, match):
         local_splits(str(tmp_path / name), test_size=1)
 
 
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("bom.jsonl", '{"prompt": "One?", "answer": "1"}\n{"prompt": "Two?", "answer": "2"}\n'),
+        ("bom.json", '[{"prompt": "One?", "answer": "1"}, {"prompt": "Two?", "answer": "2"}]'),
+    ],
+)
+def test_a_json_file_saved_with_a_utf8_bom_is_read(tmp_path, name, text):
+    """Windows editors save UTF-8 with a BOM; datasets reads such files, so the checks before it must too."""
+    path = tmp_path / name
+    path.write_bytes(("\ufeff" + text).encode())
+    ds = local_splits(str(path), test_size=1, seed=0)
+    assert sorted(row["prompt"] for split in ("train", "test") for row in ds[split]) == ["One?", "Two?"]
+
+
 def test_csv_cells_are_read_as_the_text_written(tmp_path, tiny_tokenizer):
     """A column of numbers with an empty cell stays text ("1", not pandas' "1.0"); "007" keeps its zeros;
     "NA" is an answer, not a missing value; a UTF-8 BOM (Excel's CSV) is not part of the first column's name."""

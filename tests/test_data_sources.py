@@ -25,6 +25,7 @@ def test_math_as_verl_prepares_it(tmp_path):
     assert row["answer"] == "\\frac{3}{4}" and row["level"] == "Level 1" and row["type"] == "Prealgebra"
     assert MATH_INSTRUCTION == "Let's think step by step and output the final answer within \\boxed{}."
     assert is_correct("so it is \\boxed{0.75}", row["answer"])  # the answer math-verify checks against
+    assert ds["train"][3]["answer"] == "9"  # from "$\\boxed 9$", a box without braces
 
 
 def test_math_solution_without_a_box_names_the_row(tmp_path):

@@ -21,6 +21,14 @@ from sppo_pl.rewards.math import MathVerifier, _explosive, correctness_scores, i
         ("", None),
         ("\\boxed{12", None),  # truncated: never closed
         ("\\boxed{3} and then \\boxed{4", None),  # the last box is the unfinished one
+        # MATH's train/algebra/24014.json and others: a box without braces
+        ("so our answer is $\\boxed 2$.", "2"),
+        ("$\\boxed \\frac{1}{2}$", "\\frac{1}{2}"),
+        ("the answer is \\boxed 14.", "14"),
+        ("\\boxed{3}, then \\boxed 5", "5"),
+        ("\\boxed 5, then \\boxed{3}", "3"),
+        ("\\fbox{9}", "9"),
+        ("\\boxed $", None),  # nothing boxed
     ],
 )
 def test_last_boxed(text, content):

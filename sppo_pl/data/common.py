@@ -90,11 +90,12 @@ def _reason(e: BaseException) -> str:
 
 
 def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """The file's lines as text, numbered from 1; a byte that is not UTF-8 is an error naming its line."""
+    """The file's lines as text, numbered from 1, a UTF-8 BOM before the first skipped (as ``datasets`` skips
+    it); a byte that is not UTF-8 is an error naming its line."""
     with path.open("rb") as f:
         for n, raw in enumerate(f, start=1):
             try:
-                yield n, raw.decode("utf-8")
+                yield n, raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as e:
                 raise ValueError(
                     f"data: {path} line {n}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1});"

@@ -17,7 +17,8 @@ MATH_ROWS = [
         "Prealgebra",
     ),
     ("Solve $x + 4 = 10$.", "Level 2", "Subtract 4: $x = \\boxed{6}$.", "Algebra"),
-    ("What is $3^2$?", "Level 1", "$3^2 = 9$, so the answer is $\\boxed{9}$.", "Algebra"),
+    # as train/algebra/24014.json and a few other MATH solutions write it: a box without braces
+    ("What is $3^2$?", "Level 1", "$3^2 = 9$, so the answer is $\\boxed 9$.", "Algebra"),
     ("Compute $\\sqrt{16}$.", "Level 1", "Since $4^2 = 16$, $\\sqrt{16} = \\boxed{4}$.", "Prealgebra"),
     ("What is $10 - 7$?", "Level 1", "$10 - 7 = \\boxed{3}$.", "Prealgebra"),
 ]

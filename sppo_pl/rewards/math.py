@@ -23,7 +23,8 @@ from sppo_pl.rewards.preference import hard_preference
 
 TIMEOUT_S = 5  # math-verify's default, per parse / comparison, on the main thread
 
-_BOXED = re.compile(r"\\boxed\s*\{")
+# "\boxed{...}" / "\fbox{...}" (group 1: the brace), or the brace-less "\boxed 2" (group 2: the token)
+_BOXED = re.compile(r"\\(?:boxed|fbox)(?:\s*(\{)|\s+([^\s${][^\s$]*))")
 # "1\,234", "1~234", "1 234": a digit, a thin space / tie / space, then a three-digit group.
 _DIGIT_GROUP_SEP = re.compile(r"(?<=\d)(?:\\[,!; ]|~|\s)(?=\d{3}(?!\d))")
 # Numeric power towers (x^{9^9}, x^9^9, x**9**9), exponents >= 10^6, binomials of powers: sympy may never
@@ -34,18 +35,25 @@ _EXPLOSIVE = re.compile(
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` in ``text`` with nested braces handled, or None.
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text`` with nested braces handled,
+    or None.
 
-    None also when the last ``\\boxed{`` is never closed (a truncated response), as verl's extractor does.
+    The brace-less ``\\boxed 2`` that some MATH reference solutions write (``$\\boxed 2$``) counts too: its
+    content is the token after the space, up to the next space or ``$``, trailing ``.`` or ``,`` dropped, as
+    verl's ``last_boxed_only_string`` reads it. None when the last ``\\boxed{`` is never closed (a truncated
+    response), as verl's extractor does.
     """
-    starts = [m.end() for m in _BOXED.finditer(text)]
-    if not starts:
+    matches = list(_BOXED.finditer(text))
+    if not matches:
         return None
+    last = matches[-1]
+    if last.group(1) is None:
+        return last.group(2).rstrip(".,")
     depth = 1
-    for j in range(starts[-1], len(text)):
+    for j in range(last.end(), len(text)):
         depth += {"{": 1, "}": -1}.get(text[j], 0)
         if depth == 0:
-            return text[starts[-1] : j]
+            return text[last.end() : j]
     return None
 
 
