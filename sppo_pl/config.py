@@ -143,16 +143,27 @@ def check_choices(cfg: DictConfig) -> None:
 
 
 def check_loss(cfg: DictConfig, loss) -> None:
-    """K >= 2 when the loss compares samples of one prompt, or when P_hat leaves the response itself out."""
+    """K >= 2 when the loss compares samples of one prompt, when P_hat leaves the response itself out, or
+    when the oracle only judges pairs (a pairwise model: one sample has nothing to be judged against)."""
+    from sppo_pl.datamodule import reward_target
+
     k = cfg.rollout.sampling.n
     if getattr(loss, "requires_pairs", False) and k < 2:
         raise ValueError(
             f"loss {cfg.loss._target_} compares the samples of a prompt: rollout.sampling.n must be >= 2, got {k}"
         )
-    if cfg.get("reward") is not None and cfg.reward.get("include_self") is False and k < 2:
+    if cfg.get("reward") is None or k >= 2:
+        return
+    if cfg.reward.get("include_self") is False:
         raise ValueError(
             f"reward.include_self=false averages P_hat over the other samples of a prompt: with "
             f"rollout.sampling.n={k} there are none; sample K >= 2 or set reward.include_self=true"
+        )
+    pairwise = reward_target(cfg.reward, lambda cls: getattr(cls, "has_scores", True) is False)
+    if pairwise is not None:
+        raise ValueError(
+            f"reward {pairwise} judges pairs of a prompt's samples and gives no score of its own: with "
+            f"rollout.sampling.n={k} every P_hat would be 1/2; sample K >= 2"
         )
 
 

@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from functools import lru_cache
 from typing import Any
@@ -275,8 +275,14 @@ class ValidationPrompts(torch.utils.data.Dataset):
 
 def answers_needed_by(reward: Any) -> str | None:
     """The ``_target_`` in a reward config (or in a node inside it: the oracles of a mix) whose class sets
-    ``needs_answers``, read without instantiating it; None if no class does. A ``_target_`` that does not
-    import is left to ``instantiate`` to report."""
+    ``needs_answers``, read without instantiating it; None if no class does."""
+    return reward_target(reward, lambda cls: getattr(cls, "needs_answers", False))
+
+
+def reward_target(reward: Any, wanted: Callable[[type], bool]) -> str | None:
+    """The first ``_target_`` in a reward config (or in a node inside it) whose class is ``wanted``, read
+    without instantiating it; None if none is. A ``_target_`` that does not import is left to
+    ``instantiate`` to report."""
     from hydra.utils import get_class
     from omegaconf import OmegaConf
 
@@ -286,7 +292,7 @@ def answers_needed_by(reward: Any) -> str | None:
             cls = get_class(target)
         except Exception:
             continue
-        if getattr(cls, "needs_answers", False):
+        if wanted(cls):
             return target
     return None
 

@@ -100,6 +100,15 @@ def test_leaving_the_response_out_of_p_hat_with_one_sample_is_refused(tmp_path):
     )
 
 
+@pytest.mark.parametrize("reward", ["pairrm", "pairwise"])
+def test_a_pairwise_oracle_with_one_sample_per_prompt_is_refused(tmp_path, reward):
+    """verl's one-sample recipe with PairRM: nothing to judge the sample against, every P_hat 1/2."""
+    overrides = [f"reward={reward}", "reward.oracle.model_path=/nowhere", "rollout.sampling.n=1"]
+    overrides += ["loss=sppo_softmean", "loss.group=iteration"]
+    match = rf"reward sppo_pl\.rewards\.{reward}\.\w+ judges pairs .* rollout\.sampling\.n=1 every P_hat"
+    refused(tmp_path, overrides, ValueError, match)
+
+
 def test_auto_drop_ties_with_one_sample_per_prompt_is_accepted(tmp_path):
     """auto (the default) turns dynamic sampling off for K = 1, so verl's one-sample recipe composes."""
     cfg = checked(tmp_path, ["rollout.sampling.n=1", "loss=sppo_softmean", "loss.group=iteration"])

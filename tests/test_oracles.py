@@ -16,6 +16,7 @@ from sppo_pl.rewards.classifier import (
     batched_by_length,
     classifier_logits,
     load_classifier,
+    pair_input_ids,
     reward_input_ids,
 )
 from sppo_pl.rewards.combined import CombinedOracle
@@ -414,3 +415,107 @@ def test_the_docs_plain_oracle_example_runs_as_written(tmp_path, monkeypatch):
     r = rollout("What is 2 + 2?", ["it is 4", "5", "4!"], answer="4")
     RewardCallback(oracle, include_self=True).score_rollouts([r])
     assert r.scores == [1.0, 0.0, 1.0] and r.p_hat == pytest.approx([2 / 3, 1 / 6, 2 / 3])
+
+
+def test_a_long_reward_input_keeps_the_prompt_and_closing_tokens_and_cuts_the_response(classifier_dir):
+    """Cutting from the left would drop the question (and a leading [CLS]/BOS): the response's end goes."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(classifier_dir)
+    prompt, response = "What is 2 + 2?", " ".join(["four"] * 200)
+    full = reward_input_ids(tok, prompt, response, 10_000)
+    ids = reward_input_ids(tok, prompt, response, 40)
+    assert len(full) > 40 >= len(ids) > 30
+    text = tok.decode(ids)
+    assert text.startswith("<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\nfour four")
+    assert text.endswith(" four f<|im_end|>\n") and ids[-2:] == full[-2:]  # the template's closing tokens
+    with pytest.raises(ValueError, match=r"reward.oracle.max_length=8: the prompt with the template takes"):
+        reward_input_ids(tok, prompt, response, 8)
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    """A tiny BERT classifier: learned absolute positions, only 48 of them."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from sppo_pl.utils.tiny_model import build_tokenizer
+
+    out = tmp_path_factory.mktemp("models") / "tiny-bert"
+    tok = build_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=48,
+        num_labels=1,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_inputs_are_cut_to_the_models_learned_positions(bert_dir, caplog):
+    """A reward model with max_length 2048 and a pairwise model with 512-token budgets over a 48-position
+    model: each input is cut to fit (the reward model's with a warning) instead of failing in the model."""
+    long = " ".join(["four"] * 100)
+    r = rollout("What is 2 + 2?", [long, "4", long + " five"])
+    with caplog.at_level("WARNING"):
+        score_rollouts(RewardModelOracle(str(bert_dir)), [r])
+    assert "reward.oracle.max_length=2048, but" in caplog.text and "takes 48 positions" in caplog.text
+    r = rollout("What is 2 + 2?", [long, "4", long + " five"])
+    score_rollouts(PairwiseOracle(str(bert_dir)), [r])
+    assert all(0.0 < p < 1.0 for p in r.p_hat)
+
+
+def test_pair_input_fits_the_position_limit_with_one_budget_for_both_candidates():
+    special, markers = ([1], [2]), [[7], [8], [9]]
+    a, b = list(range(10, 20)), [30, 31]
+    # room for the candidates: 12 - 1 - 1 - 2 - 1 - 1 - 1 = 5; b keeps its 2, a gets 3
+    ids = pair_input_ids([3, 3], a, b, markers, special, 512, 512, max_total=12)
+    assert ids == [1, 7, 3, 3, 8, 10, 11, 12, 9, 30, 31, 2]
+    ids = pair_input_ids([3, 3], a, a, markers, special, 512, 512, max_total=12)  # both long: 2 each
+    assert ids == [1, 7, 3, 3, 8, 10, 11, 9, 10, 11, 2]
+    assert pair_input_ids([3, 3], a, b, markers, special, 512, 4) == [
+        1,
+        7,
+        3,
+        3,
+        8,
+        10,
+        11,
+        12,
+        13,
+        9,
+        30,
+        31,
+        2,
+    ]
+    with pytest.raises(ValueError, match="max_prompt_tokens=512 the prompt leaves no room"):
+        pair_input_ids([3] * 20, a, b, markers, special, 512, 512, max_total=12)
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: RewardModelOracle("m", scale=-1.0), "reward.oracle.scale must be > 0"),
+        (
+            lambda: RewardModelOracle("m", max_length=0),
+            "reward.oracle.max_length must be a whole number >= 1",
+        ),
+        (
+            lambda: RewardModelOracle("m", dtype="fp16"),
+            "reward.oracle.dtype must name a floating torch dtype",
+        ),
+        (lambda: PairwiseOracle("m", max_prompt_tokens=0), "reward.oracle.max_prompt_tokens must be a whole"),
+        (lambda: PairwiseOracle("m", max_response_tokens=1.5), "reward.oracle.max_response_tokens must be"),
+        (lambda: PairwiseOracle("m", batch_size=0), "reward.oracle.batch_size must be a whole number >= 1"),
+    ],
+)
+def test_bad_oracle_settings_are_refused_when_built(build, match):
+    """Before any model loads (the path "m" is never read): not at the first scoring, after generation."""
+    with pytest.raises(ValueError, match=match):
+        build()

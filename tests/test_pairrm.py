@@ -235,9 +235,14 @@ def test_the_oracle_judges_with_pairrms_logits(tiny_dir):
     x = [r.prompt]
     l01 = judge.pair_logits(x, [A[0]], [B[0]])[0].item()
     l10 = judge.pair_logits(x, [B[0]], [A[0]])[0].item()
-    assert oracle.compare(x, [A[0]], [B[0]]) == pytest.approx(
-        [1 / (1 + math.exp(-(l01 - l10) / 2))], abs=1e-5
-    )
+    # validation's P(a > b) is on training's scale: in joint mode sigmoid(l(a, b) - l(b, a)), the K = 2
+    # preference of that pair (llm-blender's compare); in pairs mode sigmoid((l(a, b) - l(b, a)) / 2)
+    pair = Rollout(PROMPTS[0], [], [A[0], B[0]], [[], []])
+    score_rollouts(oracle, [pair])
+    assert oracle.compare(x, [A[0]], [B[0]]) == pytest.approx([1 / (1 + math.exp(-(l01 - l10)))], abs=1e-5)
+    assert pair.preferences[0][1] == pytest.approx(oracle.compare(x, [A[0]], [B[0]])[0], abs=1e-5)
+    pairs = P.PairRMOracle(str(tiny_dir), mode="pairs", max_prompt_tokens=64, max_response_tokens=32)
+    assert pairs.compare(x, [A[0]], [B[0]]) == pytest.approx([1 / (1 + math.exp(-(l01 - l10) / 2))], abs=1e-5)
     s = r.scores  # llm-blender's ranking scores; P = sigmoid(s_i - s_j)
     assert r.preferences[0][1] == pytest.approx(1 / (1 + math.exp(-(s[0] - s[1]))), abs=1e-6)
     assert sum(s) == pytest.approx(0.0, abs=1e-5) and len(set(round(v, 6) for v in s)) == 3

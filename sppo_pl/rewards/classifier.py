@@ -13,6 +13,7 @@ transformers is imported lazily.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -22,8 +23,34 @@ from sppo_pl.rewards.oracle import Oracle
 from sppo_pl.rewards.preference import bradley_terry
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 PAIR_MARKERS = ("<|source|>", "<|candidate1|>", "<|candidate2|>")
+
+
+def float_dtype(dtype: str, field: str = "reward.oracle.dtype") -> torch.dtype:
+    """The floating torch dtype named ``dtype`` ("float32", "bfloat16", "float16"), else an error naming ``field``."""
+    torch_dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+    if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
+        raise ValueError(
+            f"{field} must name a floating torch dtype (float32, bfloat16, float16), got {dtype!r}"
+        )
+    return torch_dtype
+
+
+def check_tokens(field: str, value, least: int = 1) -> None:
+    """A token budget ``reward.oracle.<field>``: a whole number >= ``least``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"reward.oracle.{field} must be a whole number >= {least}, got {value!r}")
+
+
+def position_limit(model) -> int | None:
+    """The longest input the model's learned absolute positions take (``max_position_embeddings``), or None
+    when it has none: DeBERTa's relative positions (``position_biased_input=false``, PairRM) take any length."""
+    config = model.config
+    if getattr(config, "position_biased_input", True) is False:
+        return None
+    return getattr(config, "max_position_embeddings", None)
 
 
 def load_classifier(path: str, dtype: str = "float32", device: str | torch.device = "cpu"):
@@ -35,7 +62,7 @@ def load_classifier(path: str, dtype: str = "float32", device: str | torch.devic
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype))
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=float_dtype(dtype))
     if model.config.num_labels != 1:
         raise ValueError(
             f"{path}: an oracle model needs one output (num_labels=1), got num_labels={model.config.num_labels}"
@@ -63,17 +90,37 @@ def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
 
-def reward_input_ids(tokenizer, prompt: str, response: str, max_length: int) -> list[int]:
-    """One (prompt, response) input of a reward model: the chat template of a user turn and an assistant
-    turn if the tokenizer has one, else ``prompt`` + newline + ``response``; the last ``max_length`` tokens
-    (the end of the response is what the model is trained to pool)."""
+def _reward_text_ids(tokenizer, prompt: str, response: str) -> list[int]:
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         text = tokenizer.apply_chat_template(messages, tokenize=False)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    else:
-        ids = tokenizer(f"{prompt}\n{response}")["input_ids"]
-    return ids[-max_length:]
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(f"{prompt}\n{response}")["input_ids"]
+
+
+def reward_input_ids(tokenizer, prompt: str, response: str, max_length: int) -> list[int]:
+    """One (prompt, response) input of a reward model: the chat template of a user turn and an assistant
+    turn if the tokenizer has one, else ``prompt`` + newline + ``response`` with the tokenizer's special tokens.
+
+    Over ``max_length`` tokens, the response's end is cut (as TRL and OpenRLHF truncate reward-model inputs):
+    the leading special token, the whole prompt and the template's closing tokens stay, since the model
+    pools a fixed position (the first or the last token) and judges the response against the question. A
+    prompt that alone does not fit is an error naming ``reward.oracle.max_length``.
+    """
+    ids = _reward_text_ids(tokenizer, prompt, response)
+    if len(ids) <= max_length:
+        return ids
+    overhead = len(_reward_text_ids(tokenizer, prompt, ""))
+    room, kept = max_length - overhead, tokenizer(response, add_special_tokens=False)["input_ids"]
+    while room > 0:  # re-tokenizing the cut text may merge differently: shrink until it fits
+        ids = _reward_text_ids(tokenizer, prompt, tokenizer.decode(kept[:room]))
+        if len(ids) <= max_length:
+            return ids
+        room -= len(ids) - max_length
+    raise ValueError(
+        f"reward.oracle.max_length={max_length}: the prompt with the template takes {overhead} tokens of the "
+        f"reward model's input, leaving none for the response (prompt {prompt!r:.80}); raise it"
+    )
 
 
 def pair_input_ids(
@@ -84,24 +131,30 @@ def pair_input_ids(
     special: tuple[list[int], list[int]],
     max_prompt_tokens: int,
     max_response_tokens: int,
+    max_total: int | None = None,
 ) -> list[int]:
     """One pairwise input, PairRM's layout: ``[pre] <source> x <candidate1> a <candidate2> b [post]``.
 
     The prompt keeps its last ``max_prompt_tokens`` tokens (the question is usually at the end); each
-    candidate keeps its first ``max_response_tokens``.
+    candidate keeps its first ``max_response_tokens``, fewer when the whole would pass ``max_total`` (the
+    model's :func:`position_limit`): then both candidates are cut to one budget c, the largest with
+    min(|a|, c) + min(|b|, c) fitting, so neither is favoured.
     """
     src, c1, c2 = marker_ids
     pre, post = special
-    return [
-        *pre,
-        *src,
-        *prompt_ids[-max_prompt_tokens:],
-        *c1,
-        *a_ids[:max_response_tokens],
-        *c2,
-        *b_ids[:max_response_tokens],
-        *post,
-    ]
+    prompt = prompt_ids[-max_prompt_tokens:]
+    cap = max_response_tokens
+    if max_total is not None:
+        room = max_total - len(pre) - len(src) - len(prompt) - len(c1) - len(c2) - len(post)
+        a_len, b_len = min(len(a_ids), cap), min(len(b_ids), cap)
+        if a_len + b_len > room:
+            cap = max(room // 2, room - min(a_len, b_len))
+        if cap < 1:
+            raise ValueError(
+                f"the pairwise model takes {max_total} positions: with reward.oracle.max_prompt_tokens="
+                f"{max_prompt_tokens} the prompt leaves no room for the responses; lower it"
+            )
+    return [*pre, *src, *prompt, *c1, *a_ids[:cap], *c2, *b_ids[:cap], *post]
 
 
 def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,8 +248,8 @@ class Classifier(LazyModel):
     to the policy's device when not given)."""
 
     def __init__(self, path: str, dtype: str = "float32", device: str | None = None, batch_size: int = 16):
-        if batch_size < 1:
-            raise ValueError(f"reward.oracle.batch_size must be >= 1, got {batch_size}")
+        check_tokens("batch_size", batch_size)
+        float_dtype(dtype)
         super().__init__(device)
         self.path, self.dtype, self.batch_size = path, dtype, batch_size
 
@@ -221,7 +274,8 @@ class RewardModelOracle(ClassifierOracle):
     """Scores s = RM(prompt, response); preferences by Bradley-Terry, P(y_i > y_j) = sigmoid(scale (s_i - s_j)).
 
     The input is the reward model's own chat template of the user and assistant turns (plain text without
-    one), cut to its last ``max_length`` tokens; batches of ``batch_size``, sorted by length.
+    one), the response cut to fit ``max_length`` tokens (:func:`reward_input_ids`), and no more than the
+    model's learned positions (:func:`position_limit`); batches of ``batch_size``, sorted by length.
     """
 
     def __init__(
@@ -233,12 +287,27 @@ class RewardModelOracle(ClassifierOracle):
         dtype: str = "float32",
         device: str | None = None,
     ):
+        check_tokens("max_length", max_length)
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
+            raise ValueError(
+                f"reward.oracle.scale must be > 0 (a negative scale inverts every preference), got {scale!r}"
+            )
         self.model = Classifier(model_path, dtype, device, batch_size)
         self.max_length, self.scale = max_length, scale
 
     def score(self, prompts, responses, **fields):
-        tok = self.model.tokenizer
-        ids = [reward_input_ids(tok, x, y, self.max_length) for x, y in zip(prompts, responses)]
+        tok, limit = self.model.tokenizer, position_limit(self.model.model)
+        max_length = self.max_length if limit is None else min(self.max_length, limit)
+        if max_length < self.max_length and not getattr(self, "_warned", False):
+            self._warned = True
+            log.warning(
+                "reward.oracle.max_length=%d, but %s takes %d positions: inputs are cut to %d tokens",
+                self.max_length,
+                self.model.path,
+                limit,
+                limit,
+            )
+        ids = [reward_input_ids(tok, x, y, max_length) for x, y in zip(prompts, responses)]
         return self.model.logits(ids).tolist()
 
     def preferences(self, scores: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,9 @@ yuchenlin/LLM-Blender's main for these files; ``file:line``):
    with the config's ``*_prefix_id`` when present.
 3. Text. ``RankerDataset`` (blender_utils.py:144): source = instruction + input (instruction "" by default).
    The collator prefixes the marker and replaces the tokenizer's ``sep_token`` text ("[SEP]") by a space
-   (collator.py:197-201). Same here (:func:`encode_segment`), with the prompt as the source.
+   (collator.py:197-201). Same here (:func:`encode_segment`), with the prompt as the source. Deliberate
+   difference from uclaml/SPPO: its scripts/rank.py passes the policy's chat-templated prompt (e.g.
+   "<s>[INST] x [/INST]"); here the prompt's own text, the plain instruction PairRM was trained on.
 4. Tokens and truncation. DeBERTa's tokenizer encodes "[SEP]" as 3 ids, so ``mannually_add_sep_token`` is
    False (collator.py:179-181) and the ``else`` branch runs (:222-233): ``encode_texts`` (:3) tokenizes
    marker + text with the tokenizer's own specials, ``truncation=True, max_length=source_maxlength`` (1224,
@@ -100,7 +102,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from sppo_pl.rewards.classifier import LazyModel, batched_by_length, right_pad
+from sppo_pl.rewards.classifier import LazyModel, batched_by_length, float_dtype, right_pad
 from sppo_pl.rewards.pairwise import PairwiseOracle, check_mode
 
 SOURCE_MARKER = "<|source|>"
@@ -371,11 +373,7 @@ def load_pairrm(path: str | Path, dtype: str = "float32", device: str | torch.de
     path = Path(path)
     if not path.is_dir():
         raise _layout_error(path, "not a directory (download the hub repo first)")
-    torch_dtype = getattr(torch, dtype, None)
-    if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
-        raise ValueError(
-            f"dtype must name a floating torch dtype (float32, bfloat16, float16), got {dtype!r}"
-        )
+    torch_dtype = float_dtype(dtype)
     state_dict = read_weights(path)
     config = pairrm_config(read_config_json(path), state_dict, path)
     model = build_model(config, state_dict, path)
@@ -534,6 +532,7 @@ class PairRMJudge(LazyModel):
                 "max_prompt_tokens and max_response_tokens must be >= 3 ([CLS] marker [SEP]), got "
                 f"{max_prompt_tokens} and {max_response_tokens}"
             )
+        float_dtype(dtype)
         super().__init__(device)
         self.model_path, self.dtype, self.batch_size = model_path, dtype, batch_size
         self.max_prompt_tokens, self.max_response_tokens = max_prompt_tokens, max_response_tokens

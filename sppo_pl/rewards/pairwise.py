@@ -9,8 +9,10 @@ from sppo_pl.rewards.classifier import (
     PAIR_MARKERS,
     Classifier,
     ClassifierOracle,
+    check_tokens,
     encode,
     pair_input_ids,
+    position_limit,
     special_tokens,
 )
 from sppo_pl.rewards.preference import (
@@ -64,6 +66,8 @@ class PairwiseOracle(ClassifierOracle):
             raise ValueError(
                 f"reward.oracle.markers must be 3 strings (source, candidate 1, candidate 2), got {markers}"
             )
+        check_tokens("max_prompt_tokens", max_prompt_tokens)
+        check_tokens("max_response_tokens", max_response_tokens)
         self.model = Classifier(model_path, dtype, device, batch_size)
         self.mode, self.both_orders, self.markers = mode, both_orders, list(markers)
         self.max_prompt_tokens, self.max_response_tokens = max_prompt_tokens, max_response_tokens
@@ -74,6 +78,7 @@ class PairwiseOracle(ClassifierOracle):
         texts = list(dict.fromkeys([*prompts, *a, *b]))
         ids = dict(zip(texts, encode(tok, texts)))
         marker_ids, special = encode(tok, self.markers), special_tokens(tok)
+        limit = position_limit(self.model.model)
         inputs = [
             pair_input_ids(
                 ids[x],
@@ -83,6 +88,7 @@ class PairwiseOracle(ClassifierOracle):
                 special,
                 self.max_prompt_tokens,
                 self.max_response_tokens,
+                limit,
             )
             for x, ya, yb in zip(prompts, a, b)
         ]
@@ -116,6 +122,9 @@ class PairwiseOracle(ClassifierOracle):
         return [(s.tolist(), p) for s, p in zip(scores, prefs)]
 
     def compare(self, prompts, a, b, **fields):
-        """P(a_n > b_n) = sigmoid((l(a, b) - l(b, a)) / 2), both orders judged."""
+        """P(a_n > b_n), both orders judged, on the scale training uses for two samples: sigmoid(L) with
+        L = (l(a, b) - l(b, a)) / 2 in ``pairs`` mode; sigmoid(s_a - s_b) = sigmoid(2 L) = sigmoid(l(a, b) -
+        l(b, a)) in ``joint`` mode (its K = 2 preference, and llm-blender's ``compare``)."""
         ab, ba = self.checked_pair_logits(prompts, a, b), self.checked_pair_logits(prompts, b, a)
-        return torch.sigmoid((ab.double() - ba.double()) / 2).tolist()
+        factor = 1.0 if self.mode == "joint" else 0.5
+        return torch.sigmoid(factor * (ab.double() - ba.double())).tolist()
