@@ -2,7 +2,7 @@
 
     python -m bench.engine_logprobs [--model models/SmolLM2-135M-Instruct] [--prompts 32] [--k 4] [--steps 2]
 
-The default run's model and arithmetic prompts, K samples each at the default sampling (T 0.7, top-p 1), first
+The default run's model on arithmetic prompts (:func:`bench.rollout.prompts`), K samples each at the default sampling (T 0.7, top-p 1), first
 from the model as loaded, then after ``--steps`` AdamW steps of the policy (lr 1e-4, so it moves) synced into
 the engine. For every sampled response it compares the engine's log pi_t(y | x) (``module.reference=engine``)
 with the policy's own (``module.reference=precompute``): per-token and per-response absolute differences,

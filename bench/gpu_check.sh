@@ -67,14 +67,14 @@ bench() {  # name, seconds, command...
     note "$name exit code $?"
     backends "$logs/$name.log" >>"$summary"
 }
-t=$(left); bench realistic_1.5b $((t < 200 ? t : 200)) python3 -m bench.realistic --size 1.5b --out "$out"
+t=$(left); bench realistic_1.5b $((t < 200 ? t : 200)) python3 -m bench.realistic --size 1.5b --repeats 3 --out "$out"
 model=/tmp/sppo-models/qwen2.5-1.5b-random
 t=$(left); bench train_step_1.5b $((t < 150 ? t : 150)) python3 -m bench.train_step --model "$model" --device cuda \
     --pairs 8 --response-words 100 --repeats 3 --profile
 grep -iE "flash|fmha|cudnn|efficient_attention|sdpa|attention" bench/results/train_step_cuda_profile.txt \
     >>"$summary" 2>/dev/null
 cat bench/results/train_step_cuda.md >>"$summary" 2>/dev/null
-t=$(left); bench realistic_0.5b $((t < 150 ? t : 150)) python3 -m bench.realistic --size 0.5b --out "$out"
+t=$(left); bench realistic_0.5b $((t < 150 ? t : 150)) python3 -m bench.realistic --size 0.5b --repeats 3 --out "$out"
 tar czf "$out/results.tar.gz" -C "$logs" . -C "$PWD/bench/results" train_step_cuda.json train_step_cuda.md \
     train_step_cuda_profile.txt 2>/dev/null
 note "all done"

@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--micro", type=int, default=4, help="prompts per training micro-batch (x K rows)")
     parser.add_argument("--train-prompts", type=int, default=16, help="prompts trained on per iteration")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.3)
     parser.add_argument("--memory-only", action="store_true", help="only the per-sleep-level iterations")
     args = parser.parse_args(argv)

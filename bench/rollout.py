@@ -3,7 +3,7 @@
     python -m bench.rollout [--model models/SmolLM2-135M-Instruct] [--prompts 32] [--k 4] [--max-tokens 128]
 
 Both engines are sppo-pl's own (``sppo_pl.rollout``): the colocated vLLM engine and the ``rollout=hf``
-fallback (left-padded batches of 16 prompts), on the default run's arithmetic prompts, K samples each at
+fallback (left-padded batches of 16 prompts), on arithmetic prompts (:func:`prompts`), K samples each at
 T = 0.7, with per-prompt seeds. Each engine is warmed up once, then timed ``--repeats`` times; tokens/s is
 generated tokens (EOS included) over wall time, and the ratio is of the medians. Results:
 ``bench/results/rollout.{json,md}``. Run it alone on the machine.
@@ -20,7 +20,9 @@ from bench.common import run_info, write_results
 
 
 def prompts(tokenizer, n: int, seed: int = 0) -> list[list[int]]:
-    """The default run's first ``n`` training prompts, through the chat template."""
+    """``n`` arithmetic training prompts, through the chat template: 2-3 digit operands (the data source's
+    defaults, the default run's task until 2026-11-27; it now asks 1-2 digits), the same prompts as every
+    result recorded in bench/results/."""
     from sppo_pl.data.arithmetic import arithmetic_splits
     from sppo_pl.datamodule import encode_prompt
 

@@ -71,7 +71,7 @@ def matmul_peak(device: str = "cpu", sizes=None, repeats: int = 5) -> dict:
 
 
 def batch_texts(n: int, words: int) -> list[dict]:
-    """Prompts (the default run's arithmetic problems) with a winner and a loser response."""
+    """Prompts (arithmetic problems, as :func:`bench.rollout.prompts`) with a winner and a loser response."""
     from sppo_pl.data.arithmetic import arithmetic_splits
 
     rows = arithmetic_splits(n_train=n, n_test=1, seed=0)["train"]
