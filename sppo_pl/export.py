@@ -27,6 +27,24 @@ def checkpoint_model_path(ckpt: Path) -> str:
         raise ValueError(f"{ckpt}: no hyper_parameters.model_path; pass --model-path") from e
 
 
+def sharded_weights_key(ckpt: Path) -> str:
+    """The top-level key under which a sharded checkpoint folder holds the module's weights: ``state_dict``
+    (FSDP2, Lightning's ModelParallelStrategy) or ``model`` (FSDP1, Lightning's FSDPStrategy with
+    ``state_dict_type: sharded``), read from its metadata; else an error naming the folder."""
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        keys = dcp.FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
+    except Exception as e:  # any unreadable metadata is reported the same way
+        raise ValueError(f"{ckpt}: not a readable sharded checkpoint folder ({e})") from e
+    for top in ("state_dict", "model"):
+        if any(k.startswith(f"{top}.{_PREFIX}") for k in keys):
+            return top
+    raise ValueError(
+        f"{ckpt}: a sharded checkpoint without policy weights (no 'state_dict.policy.*' or 'model.policy.*')"
+    )
+
+
 def load_policy_from_checkpoint(ckpt: str | Path, model_path: str | None = None) -> torch.nn.Module:
     """The policy as trained: its architecture from ``model_path``, its weights from the checkpoint."""
     from sppo_pl.module import load_policy
@@ -40,7 +58,9 @@ def load_policy_from_checkpoint(ckpt: str | Path, model_path: str | None = None)
 
         # only the keys asked for are read, into these tensors (tied ones once)
         wanted = {_PREFIX + k: v for k, v in policy.state_dict(keep_vars=False).items()}
-        dcp.load({"state_dict": wanted}, checkpoint_id=str(ckpt), no_dist=True)  # this process alone
+        dcp.load(
+            {sharded_weights_key(ckpt): wanted}, checkpoint_id=str(ckpt), no_dist=True
+        )  # this process alone
         return policy
     state = read_checkpoint(ckpt)["state_dict"]
     weights = {k[len(_PREFIX) :]: v for k, v in state.items() if k.startswith(_PREFIX)}

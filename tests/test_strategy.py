@@ -187,3 +187,29 @@ def test_export_writes_a_directory_transformers_loads(tiny_model_dir, tmp_path):
         export_hf(empty, tmp_path / "hf4")
     with pytest.raises(ValueError, match=r"checkpoint .*empty.ckpt is empty"):
         export_hf(empty, tmp_path / "hf5", model_path=str(tiny_model_dir))
+
+
+@pytest.mark.parametrize("top", ["state_dict", "model"])
+def test_export_reads_sharded_checkpoints_of_fsdp2_and_fsdp1(tiny_model_dir, tmp_path, top):
+    """Lightning writes a sharded folder's weights under "state_dict" (ModelParallelStrategy, FSDP2) but under
+    "model" (FSDPStrategy, conf/trainer/strategy/fsdp1.yaml's state_dict_type: sharded): both export."""
+    import torch.distributed.checkpoint as dcp
+    from transformers import AutoModelForCausalLM
+
+    from sppo_pl.export import export_hf
+    from sppo_pl.module import load_policy
+
+    policy = load_policy(str(tiny_model_dir))
+    with torch.no_grad():
+        policy.model.norm.weight.add_(1.0)
+    ckpt = tmp_path / "epoch_00.ckpt"
+    state = {f"policy.{k}": v for k, v in policy.state_dict().items()}
+    dcp.save({top: state, "optimizer_0": {"step": torch.tensor(1.0)}}, checkpoint_id=str(ckpt), no_dist=True)
+    torch.save({"global_step": 1, "hyper_parameters": {"model_path": str(tiny_model_dir)}}, ckpt / "meta.pt")
+    loaded = AutoModelForCausalLM.from_pretrained(export_hf(ckpt, tmp_path / "hf"))
+    assert torch.equal(loaded.model.norm.weight, policy.model.norm.weight)
+    other = tmp_path / "other.ckpt"
+    dcp.save({"weights": state}, checkpoint_id=str(other), no_dist=True)
+    torch.save({"global_step": 1, "hyper_parameters": {"model_path": str(tiny_model_dir)}}, other / "meta.pt")
+    with pytest.raises(ValueError, match=r"other.ckpt: a sharded checkpoint without policy weights"):
+        export_hf(other, tmp_path / "hf2")
