@@ -95,7 +95,8 @@ class RewardCallback(Oracle, L.Callback):
             metrics["val/reward_mean"] = float(self.val_reward.compute())
             if self.oracle.is_verifier:
                 metrics["val/acc"] = metrics["val/reward_mean"]
-        if self.val_win.update_count:
+        # compute() syncs over the ranks, so all of them must take it when any has a comparison
+        if trainer.strategy.reduce_boolean_decision(bool(self.val_win.update_count), all=False):
             metrics["val/win_rate"] = float(self.val_win.compute())
         if iteration == 0:  # every rank holds all the starting responses (each validated its shard)
             self.start_responses = {

@@ -140,9 +140,10 @@ class SPPOModule(L.LightningModule):
         )
         out = self.loss_fn(logps, batch["ref_logps"], batch["p_hat"], batch["scores"], **extra)
         n = batch["p_hat"].shape[0]
-        self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=n)
-        self.log("train/log_ratio", out.log_ratio, batch_size=n)
-        self.log("train/target", out.target, batch_size=n)
+        # averaged over the ranks (each holds 1/N of the global batch): the same curves for any trainer.devices
+        self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("train/log_ratio", out.log_ratio, batch_size=n, sync_dist=True)
+        self.log("train/target", out.target, batch_size=n, sync_dist=True)
         return out.loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:

@@ -52,6 +52,19 @@ def test_the_training_step_hands_the_oracles_matrix_to_sppo_single(tiny_model_di
     assert loss.item() == pytest.approx(1.28, abs=1e-4)
 
 
+def test_train_metrics_are_averaged_over_the_ranks(tiny_model_dir):
+    """Each rank holds 1/N of the global batch: train/* are synced, so a 4-device run's curves are those of
+    its whole batch, comparable with a 1-device run's (rank 0's share alone was logged before)."""
+    module = SPPOModule(str(tiny_model_dir), loss=SPPOLoss(eta=4.0))
+    rollouts = _rollouts()
+    module.compute_ref_logps(rollouts, pad_id=0)
+    logged = {}
+    module.log = lambda name, value, **kw: logged.update({name: kw})
+    module.training_step(collate_rollouts(rollouts, pad_id=0), 0)
+    assert sorted(logged) == ["train/log_ratio", "train/loss", "train/target"]
+    assert all(kw["sync_dist"] and kw["batch_size"] == 2 for kw in logged.values())
+
+
 def test_reference_copy_stays_frozen_until_refreshed(tiny_model_dir):
     torch.manual_seed(0)
     module = SPPOModule(str(tiny_model_dir), loss=SPPOLoss(eta=4.0), reference="model")

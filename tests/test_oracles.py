@@ -519,3 +519,25 @@ def test_bad_oracle_settings_are_refused_when_built(build, match):
     """Before any model loads (the path "m" is never read): not at the first scoring, after generation."""
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_win_rate_is_computed_on_a_rank_without_comparisons_when_another_rank_has_some():
+    """val_win.compute() syncs over the ranks: a rank whose prompts had no starting response must still
+    take it when any other rank compared (decided by a reduction over the ranks), or the others hang."""
+    from types import SimpleNamespace
+
+    reward = RewardCallback(FunctionOracle(fn=lambda prompts, responses, **kw: [0.0] * len(prompts)))
+    asked = []
+    strategy = SimpleNamespace(
+        reduce_boolean_decision=lambda local, all=True: asked.append((local, all)) or True
+    )
+    trainer = SimpleNamespace(
+        current_epoch=1, state=SimpleNamespace(fn="validate"), sanity_checking=False, strategy=strategy
+    )
+    logged = {}
+    module = SimpleNamespace(device=torch.device("cpu"), log=lambda name, v, **kw: logged.update({name: v}))
+    reward.on_validation_epoch_start(trainer, module)
+    synced = []
+    reward.val_win.compute = lambda: synced.append(True) or torch.tensor(0.25)  # stands in for the collective
+    reward.on_validation_epoch_end(trainer, module)
+    assert asked == [(False, False)] and synced == [True] and logged["val/win_rate"] == 0.25
