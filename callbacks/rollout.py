@@ -94,18 +94,27 @@ class RolloutCallback(L.Callback):
         # this run's identity, kept in its checkpoints: a resumed run reuses its own saved generations, a run
         # started afresh in an old run's directory never those of the old run (rank 0's, once set up)
         self.run_id = uuid.uuid4().hex
+        # which launch (process start) trained the policy's weights: this launch's id once it has taken a
+        # training step, else that of the launch that wrote the checkpoint it resumed from. Saved generations
+        # carry it, so a run resumed from an older checkpoint and trained again (other settings, or GPU
+        # non-determinism) to the same step never reuses what a policy it no longer has sampled.
+        self.launch_id = uuid.uuid4().hex
+        self.lineage = self.launch_id
 
     # ---- hooks ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"run_id": self.run_id}
+        return {"run_id": self.run_id, "lineage": self.lineage}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """A resumed run takes on the identity of the run that wrote the checkpoint (Lightning restores
-        callbacks after their ``setup``)."""
+        """A resumed run takes on the identity of the run that wrote the checkpoint, and its policy the
+        lineage of the checkpoint's weights (Lightning restores callbacks after their ``setup``)."""
         self.run_id = state_dict.get("run_id", self.run_id)
+        self.lineage = state_dict.get("lineage", "unknown")  # an older checkpoint's: reuse nothing
 
     def setup(self, trainer, pl_module, stage):
         self.run_id = broadcast_from_zero(self.run_id)
+        self.launch_id = broadcast_from_zero(self.launch_id)
+        self.lineage = self.launch_id
         world, per_iteration = trainer.world_size, trainer.datamodule.prompts_per_iteration
         if per_iteration % world:
             raise ValueError(
@@ -155,6 +164,9 @@ class RolloutCallback(L.Callback):
         ``on_train_epoch_start``: its rollouts came back with the checkpoint, and the loss sees them here."""
         if trainer.datamodule.rollout_iteration == trainer.current_epoch:
             pl_module.begin_iteration(trainer.datamodule.rollouts)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.lineage = self.launch_id  # the weights are this launch's own from here on
 
     def on_train_epoch_start(self, trainer, pl_module):
         """Iteration k's rollouts, made before the iteration's first batch is read (see the module docstring)."""
@@ -336,6 +348,7 @@ class RolloutCallback(L.Callback):
         logprobs = pl_module.hparams.reference == "engine"
         sampled_with = {
             "run": self.run_id,
+            "policy": self.lineage,
             "model": pl_module.hparams.model_path,
             "sampling": asdict(self.sampling),
             "logprobs": logprobs,
@@ -422,8 +435,9 @@ def load_generations(
 ) -> list[Generation] | None:
     """The generations saved for round ``rnd`` of iteration ``iteration`` (:func:`generated_name`) if they were
     sampled by the policy of global step ``step`` for exactly these prompts, with these request ``seeds`` and
-    as ``sampled_with`` says (this run, its model path, ``rollout.sampling``, whether the engine's log-probs
-    were kept), else None: a run started afresh in an old run's directory, or resumed with other sampling
+    as ``sampled_with`` says (this run, the lineage of the policy's weights, its model path,
+    ``rollout.sampling``, whether the engine's log-probs were kept), else None: a run started afresh in an
+    old run's directory, resumed from an older checkpoint and trained again, or resumed with other sampling
     settings, samples anew. Every rank reads the same file."""
     path = None if save_dir is None else save_dir / generated_name(iteration, rnd)
     if path is None or not path.is_file():

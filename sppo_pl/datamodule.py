@@ -230,11 +230,18 @@ class SPPODataModule(L.LightningDataModule):
         world = self.trainer.world_size if self.trainer is not None else 1
         dataset = IterationRollouts(self, iteration)
         # A fixed order per iteration, however often the loader is iterated (Lightning iterates it more
-        # than once on a resume, which advanced a shuffling generator and changed the batches)
+        # than once on a resume, which advanced a shuffling generator and changed the batches), started at
+        # the first batch not yet trained when a run resumes inside the iteration
         sampler = (
-            DistributedSampler(dataset, world, self.trainer.global_rank, seed=seed)
+            ResumableDistributedSampler(
+                dataset, world, self.trainer.global_rank, seed, self.batch_size, self._batches_done
+            )
             if world > 1  # batch_size is per rank; each rank trains on its shard of the prompt groups
-            else torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+            else ResumableOrder(
+                torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist(),
+                self.batch_size,
+                self._batches_done,
+            )
         )
         return DataLoader(
             dataset,
@@ -247,6 +254,14 @@ class SPPODataModule(L.LightningDataModule):
             },
         )
 
+    def _batches_done(self) -> int:
+        """The batches of the current iteration already trained: 0, except in a run resumed from a checkpoint
+        written inside an iteration (SLURM's requeue), read when the loader is iterated (Lightning has
+        restored its progress by then)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+
     def val_dataloader(self) -> DataLoader:
         """The test prompts in order, each with its ``val_weight``. On several ranks each rank takes every
         world-th prompt; the last ones are padded with repeats (so every rank runs as many batches: generation
@@ -257,6 +272,43 @@ class SPPODataModule(L.LightningDataModule):
             DistributedSampler(dataset, world, self.trainer.global_rank, shuffle=False) if world > 1 else None
         )
         return DataLoader(dataset, batch_size=self.val_batch_size, sampler=sampler, collate_fn=_as_columns)
+
+
+def remaining_first(order: list[int], done_batches: int, batch_size: int) -> list[int]:
+    """An iteration's sample order started at batch ``done_batches``, the batches before it moved to the end.
+
+    Resuming inside an iteration, Lightning draws only the iteration's remaining number of batches from the
+    start of a loader that keeps no state; in this order those are the batches not yet trained, e.g.
+    ``remaining_first([3, 0, 2, 1, 5, 4], 1, 2) == [2, 1, 5, 4, 3, 0]``.
+    """
+    skip = done_batches * batch_size
+    return order[skip:] + order[:skip] if 0 < skip < len(order) else order
+
+
+class ResumableOrder(torch.utils.data.Sampler[int]):
+    """A fixed sample ``order`` (one rank), iterated from the first batch not yet trained (``done()`` batches
+    of ``batch_size`` trained: :func:`remaining_first`)."""
+
+    def __init__(self, order: list[int], batch_size: int, done: Callable[[], int]):
+        self.order, self.batch_size, self.done = order, batch_size, done
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(remaining_first(self.order, self.done(), self.batch_size))
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """This rank's share of a seeded shuffle (a DistributedSampler, so Lightning keeps it), iterated from the
+    first batch not yet trained, as :class:`ResumableOrder`."""
+
+    def __init__(self, dataset, world: int, rank: int, seed: int, batch_size: int, done: Callable[[], int]):
+        super().__init__(dataset, world, rank, seed=seed)
+        self.batch_size, self.done = batch_size, done
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(remaining_first(list(super().__iter__()), self.done(), self.batch_size))
 
 
 class ValidationPrompts(torch.utils.data.Dataset):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -16,6 +17,8 @@ from sppo_pl.datamodule import collate_rollouts
 from sppo_pl.distributed import fsdp1_root_gathered, full_named_weights, is_sharded, shard_fsdp2
 from sppo_pl.logprobs import sequence_logps
 from sppo_pl.types import Rollout
+
+log = logging.getLogger(__name__)
 
 # Where log pi_t(y | x) comes from: the sampling engine's own log-probs of the tokens it drew ("engine", no extra
 # pass), a no-grad pass of the policy right after sampling ("precompute"), or a held frozen copy ("model").
@@ -153,6 +156,22 @@ class SPPOModule(L.LightningModule):
                 "validation needs the rollout callback (rollout=...): it generates each batch's responses"
             )
         return {"responses": batch["responses"]}
+
+    def on_train_start(self) -> None:
+        """A resumed run trains with the configured optimizer settings, not the checkpoint's (Lightning restores
+        those with the optimizer state): a change is applied and warned about (:func:`apply_optimizer_settings`)."""
+        from sppo_pl.schedules import apply_optimizer_settings
+
+        configured = self.optimizer_factory([nn.Parameter(torch.zeros(1))]).defaults
+        schedulers = [c.scheduler for c in self.trainer.lr_scheduler_configs]
+        for opt in self.trainer.optimizers:
+            changed = apply_optimizer_settings(opt, schedulers, configured)
+            if changed:
+                log.warning(
+                    "resume: optim.optimizer differs from the checkpoint's; training goes on with the configured "
+                    "settings (%s)",
+                    ", ".join(changed),
+                )
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]

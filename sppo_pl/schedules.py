@@ -51,3 +51,41 @@ def steps_per_iteration(
     ranks = (len(devices) if listed else devices) * num_nodes
     batches = math.ceil(math.ceil(prompts / ranks) / batch_size)
     return math.ceil(batches / accumulate)
+
+
+def apply_optimizer_settings(optimizer: Optimizer, schedulers: Sequence, configured: dict) -> list[str]:
+    """Put the configured optimizer settings (``configured``: a fresh optimizer's ``defaults``, e.g. lr,
+    weight_decay, betas) into an optimizer whose state a checkpoint restored, and say what changed.
+
+    Lightning restores every param group's settings with the optimizer state, so a run resumed with a lower
+    ``optim.optimizer.lr`` (what a NaN stop advises) would silently keep the old one. The configured lr
+    replaces the group's base lr (``initial_lr``, the scheduler's ``base_lrs``); the current lr keeps its place
+    in the schedule: lr <- lr * new_base / old_base. Returns "key: old -> new" for each setting changed.
+    """
+    changed: list[str] = []
+    for i, group in enumerate(optimizer.param_groups):
+        for key, want in configured.items():
+            if key == "params" or key not in group:
+                continue
+            have = group.get("initial_lr", group["lr"]) if key == "lr" else group[key]
+            if _same(have, want):
+                continue
+            changed.append(f"{key}: {have} -> {want}")
+            if key != "lr":
+                group[key] = want
+                continue
+            scheduled = "initial_lr" in group  # a scheduler's: lr = initial_lr x its factor
+            group["lr"] = group["lr"] * want / have if scheduled and have else want
+            if scheduled:
+                group["initial_lr"] = want
+            for s in schedulers:
+                if hasattr(s, "base_lrs"):
+                    s.base_lrs[i] = want
+                    s._last_lr = [g["lr"] for g in optimizer.param_groups]
+    return list(dict.fromkeys(changed))
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b

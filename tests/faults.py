@@ -50,3 +50,16 @@ class FailScoringAt(L.Callback):
             return score(rollouts)
 
         rollout.oracle.score_rollouts = failing
+
+
+class SaveAndKillAt(L.Callback):
+    """After the optimizer step that makes global step ``step``, save a mid-iteration checkpoint to ``path``
+    (as SLURM's requeue does, from within the epoch) and SIGKILL this process."""
+
+    def __init__(self, step: int, path: str):
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -210,3 +210,16 @@ def test_max_val_prompts_spreads_over_a_sorted_test_split_and_names_original_row
     )
     with pytest.raises(ValueError, match=r"split 'test' row 7, field 'prompt': empty prompt"):
         dm.setup("validate")
+
+
+def test_a_resumed_iteration_draws_its_untrained_batches_first():
+    from sppo_pl.datamodule import ResumableOrder, remaining_first
+
+    assert remaining_first([3, 0, 2, 1, 5, 4], 1, 2) == [2, 1, 5, 4, 3, 0]
+    assert remaining_first([3, 0, 2, 1, 5, 4], 0, 2) == [3, 0, 2, 1, 5, 4]  # a fresh iteration
+    assert remaining_first([3, 0, 2, 1], 2, 2) == [3, 0, 2, 1]  # all trained: nothing to move
+    done = [0]
+    sampler = ResumableOrder([3, 0, 2, 1, 5, 4], 2, lambda: done[0])
+    assert list(sampler) == [3, 0, 2, 1, 5, 4] and len(sampler) == 6
+    done[0] = 2  # read when iterated: Lightning restores its progress after building the loader
+    assert list(sampler) == [5, 4, 3, 0, 2, 1]

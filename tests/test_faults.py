@@ -126,3 +126,43 @@ def test_a_failed_rollout_keeps_the_finished_iteration_and_a_resume_redoes_only_
     proc = resume_in_place(tmp_path, run)
     assert "iteration 1 reuses the 8 generations saved at step 2" in proc.stdout + proc.stderr
     assert_same_end_and_history(run, reference)
+
+
+def test_a_resume_from_an_older_checkpoint_reuses_only_the_generations_of_its_own_policy(tmp_path):
+    """A 3-iteration run resumed in place from epoch_00.ckpt with another setting: iteration 1's generations
+    were sampled by epoch_00's policy and are reused; iteration 2's were sampled by a policy the resumed run
+    trains anew to the same step, with other weights, so they are sampled again (their log pi_t reused
+    would give train/log_ratio far from 0 at the iteration's first step). The lr asked for at the resume is
+    the one trained with, not the checkpoint's (Lightning restores the optimizer's settings)."""
+    run = tmp_path / "run"
+    run_train(tmp_path, *SMOKE, "trainer.max_epochs=3", f"hydra.run.dir={run}")
+    old = (run / "rollouts" / "epoch_2.generated.jsonl").read_text()
+    proc = run_train(
+        tmp_path,
+        *SMOKE,
+        "trainer.max_epochs=3",
+        "trainer.gradient_clip_val=0.01",
+        "optim.optimizer.lr=2e-3",
+        f"ckpt_path={run / 'checkpoints' / 'epoch_00.ckpt'}",
+        f"hydra.run.dir={run}",
+    )
+    said = proc.stdout + proc.stderr
+    assert "training goes on with the configured settings (lr: 0.001 -> 0.002)" in said
+    lrs = {int(r["step"]): float(r["lr-AdamW"]) for r in read_metrics(run) if r.get("lr-AdamW")}
+    assert [lrs[s] for s in sorted(lrs)] == [1e-3, 1e-3, 2e-3, 2e-3, 2e-3, 2e-3]  # resumed at step 2
+    assert "iteration 1 reuses the 8 generations saved at step 2" in said
+    assert "iteration 2 reuses" not in said
+    assert (run / "rollouts" / "epoch_2.generated.jsonl").read_text() != old
+
+
+def test_a_mid_iteration_checkpoint_resumes_with_the_batches_not_yet_trained(tmp_path, reference):
+    """SLURM's requeue checkpoint is written inside an iteration: resumed from it, the run trains the
+    iteration's remaining batches (not its first ones again) and ends as an uninterrupted run."""
+    run, mid = tmp_path / "run", tmp_path / "run" / "checkpoints" / "mid.ckpt"
+    run_train(
+        tmp_path, *SMOKE, f"hydra.run.dir={run}", *fault("SaveAndKillAt", step=STEP, path=mid), returncode=-9
+    )
+    assert mid.is_file()
+    run_train(tmp_path, *SMOKE, f"ckpt_path={mid}", f"hydra.run.dir={run}")
+    final = weights(run / "checkpoints" / "last.ckpt")
+    assert max_diff(final, weights(reference / "checkpoints" / "last.ckpt")) < 1e-6

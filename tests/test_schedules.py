@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sppo_pl.schedules import iteration_linear_factor, iteration_linear_schedule, steps_per_iteration
+from sppo_pl.schedules import (
+    apply_optimizer_settings,
+    iteration_linear_factor,
+    iteration_linear_schedule,
+    steps_per_iteration,
+)
 
 
 @pytest.mark.parametrize(
@@ -52,3 +57,27 @@ def test_steps_per_iteration():
     assert steps_per_iteration(8, 2, 1, 2, num_nodes=2) == 1
     with pytest.raises(ValueError, match="trainer.devices='auto' is not a count"):
         steps_per_iteration(8, 2, 1, "auto")
+
+
+def test_a_restored_optimizer_takes_the_configured_settings_and_keeps_its_place_in_the_schedule():
+    """A checkpoint restored lr 1e-2 at half its warmup (lr 5e-3) and weight decay 0; the run asks for 1e-3
+    and 0.01: lr becomes 5e-4 now, 1e-3 x the schedule's factor from the next step on."""
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([p], lr=1e-2, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, 0.5 * (step + 1)))
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-3)
+    configured = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3, weight_decay=0.01).defaults
+    changed = apply_optimizer_settings(opt, [sched], configured)
+    assert changed == ["lr: 0.01 -> 0.001", "weight_decay: 0.0 -> 0.01"]
+    group = opt.param_groups[0]
+    assert (
+        group["lr"] == pytest.approx(5e-4) and group["initial_lr"] == 1e-3 and group["weight_decay"] == 0.01
+    )
+    assert sched.base_lrs == [1e-3] and sched.get_last_lr() == [pytest.approx(5e-4)]
+    opt.step()
+    sched.step()
+    assert group["lr"] == pytest.approx(1e-3)  # the warmup's end: factor 1
+    assert apply_optimizer_settings(opt, [sched], configured) == []  # nothing left to change
+    plain = torch.optim.SGD([p], lr=0.1)  # no scheduler: the lr itself
+    assert apply_optimizer_settings(plain, [], {"lr": 0.05, "momentum": 0}) == ["lr: 0.1 -> 0.05"]
+    assert plain.param_groups[0]["lr"] == 0.05
