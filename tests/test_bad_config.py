@@ -45,7 +45,15 @@ def checked(tmp_path, overrides: list[str]):
         ),
         ("rollout.sampling.top_p=0", r"rollout\.sampling\.top_p must be in \(0, 1\], got 0"),
         ("rollout.sampling.top_p=1.5", r"rollout\.sampling\.top_p must be in \(0, 1\], got 1.5"),
-        ("rollout.sampling.n=0", r"rollout\.sampling\.n \(samples per prompt\) must be a whole number >= 1"),
+        (
+            "rollout.sampling.n=0",
+            r"rollout\.sampling\.n \(samples per prompt\) must be a whole number in 1\.\.1024",
+        ),
+        ("rollout.sampling.n=1025", r"rollout\.sampling\.n \(samples per prompt\) must be .* got 1025"),
+        (
+            "rollout.sampling.temperature=0",
+            r"rollout\.sampling\.temperature=0 is greedy: its 4 samples \(rollout\.sampling\.n\) would be copies",
+        ),
         ("rollout.val_max_tokens=0", r"rollout\.val_max_tokens must be a whole number >= 1 .*got 0"),
         ("+rollout.sampling.seed=3", r"rollout\.sampling\.seed is not a sampling setting"),
         ("rollout.max_rounds=0", r"rollout\.max_rounds must be a whole number >= 1, got 0"),

@@ -120,6 +120,17 @@ def test_request_seeds_depend_on_seed_epoch_and_position_only():
     assert all(0 <= s < 2**31 for s in request_seeds(123456, 99, 8))
 
 
+def test_no_two_samples_of_an_iteration_share_a_seed_under_vllm():
+    """vLLM seeds sample k of a request seeded s with s + k: 64 prompts x K = 4 over 2 rounds are 512
+    samples, so 512 distinct seeds (consecutive prompt seeds gave 131: sample k of prompt i + 1 drew the
+    same noise as sample k + 1 of prompt i, and a repeated prompt repeated its samples)."""
+    k, n = 4, 64
+    seeds = request_seeds(0, 3, n) + request_seeds(0, 3, n, start=n)
+    assert len({s + j for s in seeds for j in range(k)}) == 2 * n * k
+    top = request_seeds(7, 0, 8)
+    assert len({s + j for s in top for j in range(1024)}) == 8 * 1024  # any n up to the bound
+
+
 def test_peer_engine_drains_the_weight_stream_and_refuses_to_generate():
     seen = []
     PeerEngine().sync_weights(seen.append(i) or ("w", torch.zeros(1)) for i in range(3))

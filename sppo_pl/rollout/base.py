@@ -77,12 +77,20 @@ class PeerEngine:
 
 
 def check_sampling(n, temperature, top_p, max_tokens, key: str = "rollout.sampling") -> None:
-    """Sampling settings a generation can use, else a ValueError naming ``{key}.<field>``: ``n`` and
-    ``max_tokens`` whole numbers >= 1, ``temperature`` a finite number >= 0, ``top_p`` in (0, 1]."""
-    if not is_whole(n) or n < 1:
-        raise ValueError(f"{key}.n (samples per prompt) must be a whole number >= 1, got {n!r}")
+    """Sampling settings a generation can use, else a ValueError naming ``{key}.<field>``: ``n`` a whole
+    number in 1..:data:`SEED_STRIDE`, ``max_tokens`` a whole number >= 1, ``temperature`` a finite number >= 0
+    (> 0 for n > 1: greedy samples are K copies of one response), ``top_p`` in (0, 1]."""
+    if not is_whole(n) or not 1 <= n <= SEED_STRIDE:
+        raise ValueError(
+            f"{key}.n (samples per prompt) must be a whole number in 1..{SEED_STRIDE}, got {n!r}"
+        )
     if not _real(temperature) or not 0 <= temperature < math.inf:
         raise ValueError(f"{key}.temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+    if temperature == 0 and n > 1:
+        raise ValueError(
+            f"{key}.temperature=0 is greedy: its {n} samples ({key}.n) would be copies of one response, and "
+            "every P_hat 1/2; sample with a temperature > 0"
+        )
     if not _real(top_p) or not 0 < top_p <= 1:
         raise ValueError(f"{key}.top_p must be in (0, 1], got {top_p!r}")
     if not is_whole(max_tokens) or max_tokens < 1:
@@ -143,10 +151,16 @@ def dynamic_sampling(drop_ties: bool | str, is_verifier: bool, k: int) -> bool:
     return bool(drop_ties)
 
 
+# vLLM samples a request of seed s and n samples with seeds s, s + 1, ..., s + n - 1: prompts' seeds lie
+# this far apart, so no two samples of an iteration share a random stream (n is at most this)
+SEED_STRIDE = 1024
+
+
 def request_seeds(seed: int, iteration: int, n: int, start: int = 0) -> list[int]:
     """One sampling seed per prompt of iteration ``iteration``: fixed by (seed, iteration, position), so a resumed
     run samples exactly what an uninterrupted one would, and with vLLM so does a run on another number of
     ranks (the HF engine seeds per batch: see :meth:`RolloutEngine.generate`). ``start``: the
-    position of the first prompt (a refill round's prompts come after the earlier rounds')."""
+    position of the first prompt (a refill round's prompts come after the earlier rounds'). Multiples of
+    :data:`SEED_STRIDE` (mod 2^31), so the K samples of different prompts never share a seed."""
     base = (seed * 1_000_003 + iteration) * 1_000_003 + start
-    return [(base + i) % 2**31 for i in range(n)]
+    return [((base + i) * SEED_STRIDE) % 2**31 for i in range(n)]
