@@ -73,3 +73,18 @@ def test_vllm_logprobs_are_the_policys_after_a_sync(tiny_model_dir, tiny_tokeniz
     gens = engine.generate(prompt_ids, SAMPLING, seeds=[1, 2, 3], logprobs=True)
     worst, tokens = _gap(module, prompt_ids, gens, tiny_tokenizer.pad_token_id)
     assert tokens > 9 * 3 and worst < PER_TOKEN_TOL
+
+
+def test_hf_generate_ignores_the_checkpoints_sampling_penalties(tiny_model_dir, tiny_tokenizer):
+    """A generation_config.json's repetition_penalty (Qwen2.5-7B-Instruct ships 1.05) or
+    no_repeat_ngram_size would reshape HF's samples, unlike vLLM's and the raw log-probs the trainer uses."""
+    from sppo_pl.rollout.base import SamplingConfig
+
+    module = SPPOModule(str(tiny_model_dir), loss=SPPOLoss(eta=10.0))
+    engine = HFEngine(module.policy, tiny_tokenizer, batch_size=2)
+    prompt_ids, greedy = _prompts(tiny_tokenizer), SamplingConfig(n=1, temperature=0.0, max_tokens=24)
+    plain = engine.generate(prompt_ids, greedy)
+    config = module.policy.generation_config
+    config.repetition_penalty, config.no_repeat_ngram_size = 5.0, 2
+    assert [g.token_ids for g in engine.generate(prompt_ids, greedy)] == [g.token_ids for g in plain]
+    assert module.policy.generation_config.repetition_penalty == 5.0  # the model's own config is kept

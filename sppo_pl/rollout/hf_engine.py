@@ -7,6 +7,7 @@ It samples from the very module being trained, so ``sync_weights`` has nothing t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -86,22 +87,23 @@ class HFEngine:
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
         greedy = sampling.temperature == 0
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p,
-            top_k=None if greedy else 0,
-            max_new_tokens=sampling.max_tokens,
-            num_return_sequences=sampling.n,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            # sharded policy: every rank runs forward passes until all ranks are done
-            synced_gpus=dist.is_initialized() and dist.get_world_size() > 1,
-            return_dict_in_generate=True,
-            output_logits=logprobs,
-        )
+        with _plain_generation_config(model, eos, pad):
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=not greedy,
+                temperature=None if greedy else sampling.temperature,
+                top_p=None if greedy else sampling.top_p,
+                top_k=None if greedy else 0,
+                max_new_tokens=sampling.max_tokens,
+                num_return_sequences=sampling.n,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                # sharded policy: every rank runs forward passes until all ranks are done
+                synced_gpus=dist.is_initialized() and dist.get_world_size() > 1,
+                return_dict_in_generate=True,
+                output_logits=logprobs,
+            )
         new = out.sequences[:, width:]
         token_lps = token_logps(torch.stack(out.logits, dim=1), new).tolist() if logprobs else None
         new = new.tolist()
@@ -118,6 +120,24 @@ class HFEngine:
                 )
             )
         return gens
+
+
+@contextmanager
+def _plain_generation_config(model, eos: list[int], pad: int):
+    """The model's ``generation_config`` replaced, while it generates, by one holding only its special tokens:
+    ``generate`` fills every setting not passed from it, so a checkpoint's ``repetition_penalty`` (1.05 in
+    Qwen2.5-7B-Instruct's), ``no_repeat_ngram_size`` or ``min_new_tokens`` would shape the samples, unlike
+    vLLM's and unlike the raw log-probs the trainer scores them with."""
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    model.generation_config = GenerationConfig(
+        bos_token_id=getattr(saved, "bos_token_id", None), eos_token_id=eos, pad_token_id=pad
+    )
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
