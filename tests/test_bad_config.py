@@ -253,3 +253,16 @@ def test_hf_rollouts_that_cannot_run_are_refused_before_any_model_loads(tmp_path
     refused(tmp_path, ["rollout=hf", "rollout.mode=rank0"], ValueError, "use rollout.mode=colocate")
     fsdp1 = ["rollout=hf", "trainer/strategy=fsdp1", "trainer.devices=2"]
     refused(tmp_path, fsdp1, ValueError, "cannot generate under trainer/strategy=fsdp1")
+
+
+def test_engine_log_probs_under_mixed_precision_are_warned_about(tmp_path, caplog):
+    """pi_t from the engine's float32 (or bf16) numerics, pi_theta from bf16 autocast: the log-ratio is off
+    from the start, so the combination is named with the setting that avoids it."""
+    with caplog.at_level("WARNING"):
+        checked(tmp_path, ["module.reference=engine", "trainer.precision=bf16-mixed"])
+    assert "module.reference=engine with trainer.precision=bf16-mixed" in caplog.text
+    assert "module.reference=precompute" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        checked(tmp_path, ["module.reference=engine"])  # the CPU default: float32 on both sides
+    assert "module.reference=engine with" not in caplog.text
