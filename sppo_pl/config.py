@@ -82,6 +82,7 @@ def check_config(cfg: DictConfig, loss) -> None:
     check_data_source(cfg)
     check_runtime(cfg)
     check_model_targets(cfg)
+    check_sweep(cfg)
 
 
 def check_required(cfg: DictConfig) -> None:
@@ -252,6 +253,27 @@ def check_data_source(cfg: DictConfig) -> None:
             f"{', '.join(f'data.dataset.{k}' for k in unknown)}: not arguments of "
             f"{f'data={data}' if data else 'data'}'s source {node._target_}, which takes {', '.join(params)}"
             + (f" (experiment={experiment} may set keys for another data source)" if experiment else "")
+        )
+
+
+def check_sweep(cfg: DictConfig) -> None:
+    """A Hydra sweep (``-m``, or ``hparams_search=``, which sets ``hydra.mode``) runs on one rank per job.
+
+    Its jobs run one after another in one Python process, and Lightning starts the other ranks' processes
+    once per process, with that process's command line: the sweep's second job would wait for ranks that
+    never come, and they would run the whole sweep from its first job (against the first process's job).
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or not str(HydraConfig.get().mode).endswith("MULTIRUN"):
+        return
+    world, keys = world_size(cfg.trainer)
+    if world > 1:
+        raise ValueError(
+            f"a Hydra sweep (-m or hparams_search=) runs its jobs in one process, on one rank each, but {keys} "
+            f"asks for {world} ranks: Lightning starts the other ranks' processes once per process, so later "
+            "jobs would wait for them for ever. Run each job as its own `python train.py ...` (a shell loop "
+            "over the values), or sweep with trainer.devices=1"
         )
 
 

@@ -185,3 +185,12 @@ def test_pairwise_oracle_run_logs_win_rate_against_the_start(tmp_path):
     assert all(0.0 <= float(r["val/win_rate"]) <= 1.0 for r in val[1:])
     assert not any(r.get("val/reward_mean") for r in val)  # a pairwise model has no pointwise score
     assert (run / "plots" / "win_rate.png").exists() and not (run / "plots" / "accuracy.png").exists()
+
+
+def test_a_sweep_on_two_devices_is_refused_before_any_model_loads(tmp_path):
+    """A sweep runs its jobs in one process: Lightning started rank 1 once, with the whole sweep's command
+    line, so job 1 waited for ever for a rank 1 that was running job 0 again."""
+    proc = run_train(tmp_path, "-m", "experiment=smoke", "loss.eta=1,10", "trainer.devices=2", returncode=1)
+    assert "a Hydra sweep (-m or hparams_search=) runs its jobs in one process" in proc.stderr
+    assert "trainer.devices=2 asks for 2 ranks" in proc.stderr
+    assert not (tmp_path / "models").exists()
