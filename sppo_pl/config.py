@@ -83,6 +83,7 @@ def check_config(cfg: DictConfig, loss) -> None:
     check_runtime(cfg)
     check_model_targets(cfg)
     check_sweep(cfg)
+    check_validation_schedule(cfg.trainer)
 
 
 def check_required(cfg: DictConfig) -> None:
@@ -123,6 +124,25 @@ def check_sampling(cfg: DictConfig) -> None:
             "(P_hat = 1/2), so every prompt would be dropped; sample K >= 2 or leave drop_ties off"
         )
     check_val_max_tokens(cfg.rollout.get("val_max_tokens"))
+    check_response_room(cfg)
+
+
+def check_response_room(cfg: DictConfig) -> None:
+    """``rollout.sampling.max_tokens`` and ``rollout.val_max_tokens`` fit ``model.max_response_len``: the vLLM
+    engine's context is ``model.max_prompt_len + model.max_response_len`` and it would stop a longer response
+    there (``rollout=hf`` would not), so a longer setting would be only partly honoured."""
+    room = cfg.model.get("max_response_len")
+    if room is None:
+        return
+    for key, value in (
+        ("rollout.sampling.max_tokens", (cfg.rollout.get("sampling") or {}).get("max_tokens")),
+        ("rollout.val_max_tokens", cfg.rollout.get("val_max_tokens")),
+    ):
+        if value is not None and value > room:
+            raise ValueError(
+                f"{key}={value} is above model.max_response_len={room}, the room the engine's context leaves "
+                f"for a response; raise model.max_response_len to {value} (or lower {key})"
+            )
 
 
 def check_choices(cfg: DictConfig) -> None:
@@ -253,6 +273,20 @@ def check_data_source(cfg: DictConfig) -> None:
             f"{', '.join(f'data.dataset.{k}' for k in unknown)}: not arguments of "
             f"{f'data={data}' if data else 'data'}'s source {node._target_}, which takes {', '.join(params)}"
             + (f" (experiment={experiment} may set keys for another data source)" if experiment else "")
+        )
+
+
+def check_validation_schedule(trainer: DictConfig) -> None:
+    """``trainer.check_val_every_n_epoch`` divides ``trainer.max_epochs``: the last self-play iteration is
+    validated, so the final table and the metric a sweep optimizes (``optimized_metric``) are the final policy's,
+    not an earlier iteration's."""
+    every, epochs = trainer.get("check_val_every_n_epoch"), trainer.get("max_epochs")
+    if isinstance(every, int) and isinstance(epochs, int) and every > 0 and epochs > 0 and epochs % every:
+        last = epochs - epochs % every
+        raise ValueError(
+            f"trainer.check_val_every_n_epoch={every} does not divide trainer.max_epochs={epochs}: the last "
+            f"validation would be after iteration {last}, not the final one, and the run's reported val/* with "
+            f"it; make max_epochs a multiple of {every}"
         )
 
 

@@ -57,6 +57,11 @@ def checked(tmp_path, overrides: list[str]):
         ("rollout.val_max_tokens=0", r"rollout\.val_max_tokens must be a whole number >= 1 .*got 0"),
         ("+rollout.sampling.seed=3", r"rollout\.sampling\.seed is not a sampling setting"),
         ("rollout.max_rounds=0", r"rollout\.max_rounds must be a whole number >= 1, got 0"),
+        (
+            "rollout.sampling.max_tokens=512",
+            r"rollout\.sampling\.max_tokens=512 is above model\.max_response_len=24, the room the engine",
+        ),
+        ("rollout.val_max_tokens=25", r"rollout\.val_max_tokens=25 is above model\.max_response_len=24"),
         ("rollout.drop_ties=sometimes", r"rollout\.drop_ties must be true, false or auto, got 'sometimes'"),
     ],
 )
@@ -81,6 +86,10 @@ def test_dropping_ties_with_one_sample_per_prompt_is_refused(tmp_path):
         (
             ["module.reference=model", "trainer/strategy=fsdp1", "trainer.devices=2"],
             r"module\.reference=model with trainer/strategy=fsdp1 is not supported",
+        ),
+        (
+            ["trainer.check_val_every_n_epoch=7", "trainer.max_epochs=20"],
+            r"trainer\.check_val_every_n_epoch=7 does not divide trainer\.max_epochs=20: .* after iteration 14",
         ),
         (
             ["data.prompts_per_iteration=12", "data.batch_size=4", "trainer.accumulate_grad_batches=2"],
