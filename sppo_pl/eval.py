@@ -29,7 +29,7 @@ import sppo_pl.config  # noqa: F401  (registers the resolvers the configs use)
 from sppo_pl.metrics import greedy_metrics, sample_metrics
 from sppo_pl.report import markdown_table, write_jsonl_atomic
 from sppo_pl.rewards.oracle import oracle_from_config
-from sppo_pl.rollout.base import SamplingConfig, is_whole, request_seeds
+from sppo_pl.rollout.base import SamplingConfig, check_sampling, is_whole, request_seeds
 
 log = logging.getLogger(__name__)
 ARCH_KEYS = ("architectures", "hidden_size", "num_hidden_layers", "vocab_size", "num_attention_heads")
@@ -47,14 +47,15 @@ class Policy:
         from sppo_pl.export import load_policy_from_checkpoint
         from sppo_pl.module import load_policy
 
-        if self.is_checkpoint:
-            return load_policy_from_checkpoint(self.path).to(getattr(torch, dtype))
+        if self.is_checkpoint:  # the architecture of the model it started from
+            return load_policy_from_checkpoint(self.path, self.start_model).to(getattr(torch, dtype))
         return load_policy(str(self.path), dtype)
 
 
-def resolve_policy(path: str) -> Policy:
+def resolve_policy(path: str, start: str | None = None) -> Policy:
     """``policy=``: a Hugging Face directory, a run directory (its ``hf_model``, else its last checkpoint), or
-    a checkpoint (a file, or a sharded folder)."""
+    a checkpoint (a file, or a sharded folder). A checkpoint's start model, whose architecture its weights
+    load into, is ``start`` (``start_model=``) when given, else the path it recorded."""
     from sppo_pl.checkpoint import resolve_ckpt
     from sppo_pl.export import checkpoint_model_path
 
@@ -71,7 +72,7 @@ def resolve_policy(path: str) -> Policy:
             "(hf_model/ or checkpoints/) nor a checkpoint"
         )
     ckpt = Path(resolve_ckpt(path))  # a run directory's last.ckpt, else its newest intact checkpoint
-    return Policy(ckpt, True, checkpoint_model_path(ckpt))
+    return Policy(ckpt, True, str(start) if start else checkpoint_model_path(ckpt))
 
 
 def start_model(cfg: DictConfig, policy: Policy | None) -> tuple[str | None, bool]:
@@ -103,6 +104,14 @@ def check_same_architecture(start: str, policy: str) -> None:
             f"start_model {start} and policy {policy} differ in {differ}: the win rate runs both in one "
             "engine; give the policy's own start_model=, or eval.compare_to_start=false"
         )
+
+
+def check_eval_sampling(ev: DictConfig) -> None:
+    """``eval.samples`` a whole number >= 0, and the sampling settings (``eval.temperature``, ``eval.top_p``,
+    ``eval.max_tokens``) usable, each named: checked before any model loads or generates."""
+    if not is_whole(ev.samples) or ev.samples < 0:
+        raise ValueError(f"eval.samples must be a whole number >= 0 (0: greedy only), got {ev.samples!r}")
+    check_sampling(max(1, ev.samples), ev.temperature, ev.top_p, ev.max_tokens, key="eval", n_key="samples")
 
 
 def check_pass_at(pass_at: list[int] | None, samples: int) -> list[int]:
@@ -161,9 +170,10 @@ def evaluate(cfg: DictConfig) -> dict:
     from sppo_pl.training import prepare
 
     ev, out = cfg.eval, Path(cfg.paths.output_dir)
+    check_eval_sampling(ev)
     pass_at = check_pass_at(ev.pass_at, ev.samples)
     out.mkdir(parents=True, exist_ok=True)
-    policy = resolve_policy(cfg.policy) if cfg.get("policy") else None
+    policy = resolve_policy(cfg.policy, cfg.get("start_model")) if cfg.get("policy") else None
     start, from_model_path = start_model(cfg, policy)
     prepare(cfg, model=from_model_path)  # model.prepare only when model.path is evaluated
     oracle = oracle_from_config(cfg.reward)  # the oracle alone: no Lightning callback

@@ -165,3 +165,44 @@ def test_eval_of_a_trained_run_through_every_policy_form(tmp_path):
     for other in (from_ckpt, direct):
         assert [r["policy"]["greedy"] for r in other] == [r["policy"]["greedy"] for r in rows]
     assert [r["start"]["greedy"] for r in from_ckpt] == [r["start"]["greedy"] for r in rows]
+
+
+def test_start_model_given_for_a_checkpoint_replaces_the_path_it_recorded(tmp_path, tiny_model_dir):
+    """A checkpoint trained on another machine records a model path that is gone here: start_model= names
+    the copy here, and the weights load into its architecture (the recorded path was used and not found)."""
+    from sppo_pl.module import load_policy
+
+    state = {f"policy.{k}": v for k, v in load_policy(str(tiny_model_dir)).state_dict().items()}
+    ckpt = tmp_path / "last.ckpt"
+    torch.save(
+        {"global_step": 2, "hyper_parameters": {"model_path": "/old/cluster/tiny"}, "state_dict": state}, ckpt
+    )
+    assert resolve_policy(str(ckpt)).start_model == "/old/cluster/tiny"
+    policy = resolve_policy(str(ckpt), str(tiny_model_dir))
+    assert policy.start_model == str(tiny_model_dir)
+    weights = policy.weights("float32").state_dict()
+    assert all(torch.equal(weights[k[len("policy.") :]], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize(
+    ("setting", "match"),
+    [
+        ({"samples": 2.5}, r"eval\.samples must be a whole number >= 0 \(0: greedy only\), got 2\.5"),
+        ({"temperature": -1.0}, r"eval\.temperature must be a finite number >= 0"),
+        (
+            {"temperature": 0.0, "samples": 4},
+            r"eval\.temperature=0 is greedy: its 4 samples \(eval\.samples\)",
+        ),
+        ({"top_p": 0.0}, r"eval\.top_p must be in \(0, 1\]"),
+        ({"max_tokens": 0}, r"eval\.max_tokens must be a whole number >= 1"),
+    ],
+)
+def test_eval_sampling_settings_are_named_before_anything_loads(setting, match):
+    from omegaconf import OmegaConf
+
+    from sppo_pl.eval import check_eval_sampling
+
+    ev = OmegaConf.create({"samples": 4, "temperature": 1.0, "top_p": 1.0, "max_tokens": 16} | setting)
+    with pytest.raises(ValueError, match=match):
+        check_eval_sampling(ev)
+    check_eval_sampling(OmegaConf.create({"samples": 0, "temperature": 0.0, "top_p": 1.0, "max_tokens": 16}))

@@ -76,19 +76,21 @@ class PeerEngine:
         drain(named_tensors)  # the gathers are collective: every rank walks the stream
 
 
-def check_sampling(n, temperature, top_p, max_tokens, key: str = "rollout.sampling") -> None:
+def check_sampling(
+    n, temperature, top_p, max_tokens, key: str = "rollout.sampling", n_key: str = "n"
+) -> None:
     """Sampling settings a generation can use, else a ValueError naming ``{key}.<field>``: ``n`` a whole
     number in 1..:data:`SEED_STRIDE`, ``max_tokens`` a whole number >= 1, ``temperature`` a finite number >= 0
     (> 0 for n > 1: greedy samples are K copies of one response), ``top_p`` in (0, 1]."""
     if not is_whole(n) or not 1 <= n <= SEED_STRIDE:
         raise ValueError(
-            f"{key}.n (samples per prompt) must be a whole number in 1..{SEED_STRIDE}, got {n!r}"
+            f"{key}.{n_key} (samples per prompt) must be a whole number in 1..{SEED_STRIDE}, got {n!r}"
         )
     if not _real(temperature) or not 0 <= temperature < math.inf:
         raise ValueError(f"{key}.temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
     if temperature == 0 and n > 1:
         raise ValueError(
-            f"{key}.temperature=0 is greedy: its {n} samples ({key}.n) would be copies of one response, and "
+            f"{key}.temperature=0 is greedy: its {n} samples ({key}.{n_key}) would be copies of one response, and "
             "every P_hat 1/2; sample with a temperature > 0"
         )
     if not _real(top_p) or not 0 < top_p <= 1:
