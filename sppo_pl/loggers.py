@@ -79,3 +79,23 @@ def count_rows(path: Path) -> int:
         return 0
     with path.open(newline="") as f:
         return sum(1 for _ in csv.DictReader(f))
+
+
+def log_config(loggers, cfg) -> None:
+    """The run's whole resolved config as every logger's hyper-parameters (``loss.eta``, the lr, the data, the
+    reward...): Lightning logs only the module's constructor arguments, which leave them out."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(config)
+
+
+def finish_runs(loggers) -> None:
+    """End the W&B run of each ``WandbLogger`` (Lightning leaves it open): the next job of a sweep, in the same
+    process, then starts a run of its own instead of logging into this one."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()

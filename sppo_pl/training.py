@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sppo_pl.checkpoint import check_ckpt_model, last_checkpoint, resolve_ckpt
 from sppo_pl.config import check_config, check_model_dir
+from sppo_pl.loggers import finish_runs, log_config
 from sppo_pl.report import markdown_table
 from sppo_pl.rundir import hold_run_dir
 
@@ -78,14 +79,18 @@ def train(cfg: DictConfig) -> float | None:
         ckpt = resolve_ckpt(cfg.get("ckpt_path"))
         (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         module, datamodule, trainer = build(cfg, ckpt)
-        if cfg.get("validate_before_training") and not ckpt:
-            trainer.validate(module, datamodule=datamodule, verbose=False)
+        log_config(trainer.loggers, cfg)
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
-        except SIGTERMException:
-            raise SystemExit(_preempted(out, trainer)) from None
-        if trainer.is_global_zero:
-            _report(cfg, out, trainer)
+            if cfg.get("validate_before_training") and not ckpt:
+                trainer.validate(module, datamodule=datamodule, verbose=False)
+            try:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+            except SIGTERMException:
+                raise SystemExit(_preempted(out, trainer)) from None
+            if trainer.is_global_zero:
+                _report(cfg, out, trainer)
+        finally:
+            finish_runs(trainer.loggers)
     metric = trainer.callback_metrics.get(cfg.get("optimized_metric") or "")
     return None if metric is None else float(metric)
 
