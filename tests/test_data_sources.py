@@ -51,13 +51,28 @@ def test_gsm8k_as_verl_prepares_it(tmp_path):
 
 def test_ultrafeedback_prompts_only_with_a_held_out_split(tmp_path):
     ds = ultrafeedback_splits(str(write_ultrafeedback(tmp_path / "uf")), test_size=2, seed=0)
-    assert ds["train"].column_names == ["prompt"] and ds["test"].column_names == ["prompt"]
+    shown = [[c for c in ds[s].column_names if c not in SOURCE_COLUMNS] for s in ("train", "test")]
+    assert shown == [["prompt"], ["prompt"]]
     prompts = list(ds["train"]["prompt"]) + list(ds["test"]["prompt"])
     assert len(prompts) == 5 == len(set(prompts))  # the duplicate instruction is gone, none is lost
     again = ultrafeedback_splits(str(tmp_path / "uf"), test_size=2, seed=0)
     assert list(again["test"]["prompt"]) == list(ds["test"]["prompt"])  # seeded
     with pytest.raises(ValueError, match="test_size=9 must be in \\[1, 5\\)"):
         ultrafeedback_splits(str(tmp_path / "uf"), test_size=9)
+
+
+def test_an_ultrafeedback_row_is_named_by_its_row_in_the_source(tmp_path, tiny_tokenizer):
+    """Deduplicated and shuffled, a bad instruction is still named by its split and row in the source."""
+    from datasets import Dataset, load_dataset
+
+    root = write_ultrafeedback(tmp_path / "uf")
+    parquet = root / "data" / "train-00000-of-00001.parquet"
+    rows = load_dataset("parquet", data_files=str(parquet))["train"].to_list()
+    rows[4]["instruction"] = "   "  # after the duplicate at row 3
+    Dataset.from_list(rows).to_parquet(str(parquet))
+    dm = SPPODataModule(ultrafeedback_splits(str(root), test_size=1, seed=0), tokenizer=tiny_tokenizer)
+    with pytest.raises(ValueError, match=r"uf \[train\] row 4, field 'prompt': empty prompt"):
+        dm.setup("fit")
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".csv"])

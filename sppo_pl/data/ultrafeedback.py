@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sppo_pl.data.common import check_columns, load_source, with_test_split
+from sppo_pl.data.common import SOURCE_COLUMNS, check_columns, load_source, with_test_split
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -26,7 +26,8 @@ def ultrafeedback_splits(
     test_size: int = 500,
     seed: int = 0,
 ) -> DatasetDict:
-    """``train`` / ``test`` with the one column ``prompt`` (duplicate prompts dropped, first kept)."""
+    """``train`` / ``test`` with the one column ``prompt`` (duplicate prompts dropped, first kept), each row
+    knowing its source split and row there (hidden :data:`SOURCE_COLUMNS`), which error messages name."""
     from datasets import Dataset, DatasetDict
 
     ds = load_source(path)
@@ -36,5 +37,10 @@ def ultrafeedback_splits(
     out = {}
     for name, split in splits.items():
         check_columns(split, f"{path} [{name}]", [prompt_column])
-        out[name] = Dataset.from_dict({"prompt": list(dict.fromkeys(split[prompt_column]))})
+        first: dict = {}  # each prompt's first row
+        for row, prompt in enumerate(split[prompt_column]):
+            first.setdefault(prompt, row)
+        file, row = SOURCE_COLUMNS
+        where = [f"{path} [{name}]"] * len(first)
+        out[name] = Dataset.from_dict({"prompt": list(first), file: where, row: list(first.values())})
     return with_test_split(DatasetDict(out), test_split, test_size, seed)
