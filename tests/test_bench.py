@@ -174,3 +174,21 @@ def test_task_choice_samples_and_scores_as_the_composed_config_says(tiny_tokeniz
     assert (asked[1].n, asked[1].temperature, asked[1].max_tokens) == (4, 0.9, cfg.model.max_response_len)
     assert row["val_acc"] == 1.0 and row["sample_acc"] == 0.5
     assert row["informative_k4"] == 1.0 and row["response_tokens"] == 2.0
+
+
+def test_the_iteration_timer_starts_an_iteration_at_its_first_training_batch():
+    """The rollout callback makes an iteration's rollouts in on_train_epoch_start, after this callback's: a
+    start marked there put iteration 0's rollouts in the window, and iteration 1's were subtracted."""
+    from types import SimpleNamespace
+
+    from bench.iteration import IterationTimer
+
+    timer = IterationTimer("unused.json")
+    trainer = SimpleNamespace(current_epoch=0)
+    timer.on_train_epoch_start(trainer, None)  # Lightning calls it; it marks nothing
+    assert timer._row(trainer)["start"] is None
+    timer.on_train_batch_start(trainer, None, {}, 0)
+    first = timer._row(trainer)["start"]
+    timer.on_train_batch_end(trainer, None, None, {}, 0)
+    timer.on_train_batch_start(trainer, None, {}, 1)
+    assert first is not None and timer._row(trainer)["start"] == first
