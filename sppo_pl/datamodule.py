@@ -405,7 +405,6 @@ def encode_prompt(tokenizer, prompt: str | list[dict], system_prompt: str | None
     return tokenizer("\n\n".join(m["content"] for m in messages))["input_ids"]
 
 
-@lru_cache(maxsize=4)
 def spread_rows(n: int, limit: int | None) -> list[int]:
     """``limit`` row indices of an ``n``-row split spread evenly over it (all ``n`` when ``limit`` is None or
     not below ``n``): row ``(i * n) // limit`` for ``i < limit``, so a split sorted by subject or difficulty
@@ -419,6 +418,7 @@ def spread_rows(n: int, limit: int | None) -> list[int]:
     return [(i * n) // limit for i in range(limit)]
 
 
+@lru_cache(maxsize=4)
 def _permutation(seed: int, cycle: int, n: int) -> list[int]:
     perm = list(range(n))
     random.Random(seed * 1_000_003 + cycle).shuffle(perm)

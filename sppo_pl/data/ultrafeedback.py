@@ -38,9 +38,11 @@ def ultrafeedback_splits(
     for name, split in splits.items():
         check_columns(split, f"{path} [{name}]", [prompt_column])
         first: dict = {}  # each prompt's first row
-        for row, prompt in enumerate(split[prompt_column]):
-            first.setdefault(prompt, row)
-        file, row = SOURCE_COLUMNS
+        for i, prompt in enumerate(split[prompt_column]):
+            first.setdefault(prompt, i)
+        file_column, row_column = SOURCE_COLUMNS
         where = [f"{path} [{name}]"] * len(first)
-        out[name] = Dataset.from_dict({"prompt": list(first), file: where, row: list(first.values())})
+        out[name] = Dataset.from_dict(
+            {"prompt": list(first), file_column: where, row_column: list(first.values())}
+        )
     return with_test_split(DatasetDict(out), test_split, test_size, seed)

@@ -40,7 +40,9 @@ def float_dtype(dtype: str, field: str = "reward.oracle.dtype") -> torch.dtype:
 
 def check_tokens(field: str, value, least: int = 1) -> None:
     """A token budget ``reward.oracle.<field>``: a whole number >= ``least``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+    from sppo_pl.rollout.base import is_whole
+
+    if not is_whole(value) or value < least:
         raise ValueError(f"reward.oracle.{field} must be a whole number >= {least}, got {value!r}")
 
 
