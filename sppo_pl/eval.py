@@ -128,6 +128,18 @@ def check_pass_at(pass_at: list[int] | None, samples: int) -> list[int]:
     return ks
 
 
+def check_pass_at_oracle(pass_at, oracle) -> None:
+    """An explicit ``eval.pass_at`` needs a verifier (``is_verifier``: 0/1 correctness scores): pass@k counts
+    correct samples, and any other oracle's samples get ``reward_mean@n`` instead. Refused, not dropped."""
+    if pass_at is not None and not oracle.is_verifier:
+        name = f"{type(oracle).__module__}.{type(oracle).__qualname__}"
+        raise ValueError(
+            f"eval.pass_at={pass_at} needs a verifier reward (0/1 correctness: reward=math, gsm8k or arithmetic), "
+            f"but {name} scores responses without checking an answer (its samples get reward_mean@n); leave "
+            "eval.pass_at null"
+        )
+
+
 def row_fields(prompts: list[dict], names: list[str], repeat: int = 1) -> dict[str, list]:
     """The dataset fields (``answer`` and ``data.fields``) of each prompt, each repeated ``repeat`` times."""
     return {k: [p[k] for p in prompts for _ in range(repeat)] for k in ["answer", *names]}
@@ -177,6 +189,7 @@ def evaluate(cfg: DictConfig) -> dict:
     start, from_model_path = start_model(cfg, policy)
     prepare(cfg, model=from_model_path)  # model.prepare only when model.path is evaluated
     oracle = oracle_from_config(cfg.reward)  # the oracle alone: no Lightning callback
+    check_pass_at_oracle(ev.pass_at, oracle)
     oracle.place("cuda" if torch.cuda.is_available() else "cpu")
     compare = bool(policy and start and ev.compare_to_start)
     base = engine_base(policy, start, compare)

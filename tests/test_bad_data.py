@@ -223,22 +223,40 @@ def test_build_refuses_a_missing_answer_before_the_model_loads(tmp_path, tiny_mo
         build(cfg)
 
 
+@pytest.mark.parametrize("array", [False, True])  # JSON lines, or one JSON array of rows
+def test_json_answers_are_the_numbers_as_written(tmp_path, tiny_tokenizer, array):
+    """datasets reads a JSON column mixing 3 and 3.5 as floats (3 became "3.0"), and 20! (beyond 64 bits) as
+    a float that lost its digits ("5.109094217170944e+19": every right response would score wrong)."""
+    rows = ['{"prompt": "20! = ?", "answer": 51090942171709440000}', '{"prompt": "1+2?", "answer": 3}']
+    rows += ['{"prompt": "7/2?", "answer": 3.50}', '{"prompt": "none?", "answer": null}', '{"prompt": "x?"}']
+    rows += ['{"prompt": "sep\u2028arated?", "answer": 2}']  # U+2028 in a string: still one row
+    path = tmp_path / ("mixed.json" if array else "mixed.jsonl")
+    path.write_text("[" + ",\n".join(rows) + "]" if array else "\n".join(rows) + "\n\n")
+    ds = local_splits(str(path), test_size=1, seed=0)
+    dm = SPPODataModule(ds, tokenizer=tiny_tokenizer)
+    dm.setup("fit")
+    answers = {p["prompt"]: p["answer"] for p in [*dm.train_prompts, *dm.val_prompts]}
+    assert answers == {
+        "20! = ?": "51090942171709440000",
+        "1+2?": "3",
+        "7/2?": "3.50",
+        "none?": None,
+        "x?": None,
+        "sep\u2028arated?": "2",
+    }
+
+
 def test_an_answer_too_long_for_a_float_is_refused_not_rounded(tmp_path):
-    """JSON numbers beyond 64 bits are read as floats: 20! would become "5.109094217170944e+19" and every
-    right response would score wrong."""
-    path = tmp_path / "big.jsonl"
-    path.write_text(
-        '{"prompt": "20! = ?", "answer": 51090942171709440000}\n{"prompt": "1+1?", "answer": 2}\n'
-    )
+    """A Parquet file's float column has no digits to recover: 20! stored as a float is refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"prompt": ["20! = ?", "1+1?"], "answer": [5.109094217170944e19, 2.0]}), path)
     with pytest.raises(
-        ValueError, match=r"big.jsonl row 0, field 'answer': the number 5.1\d+e\+19 was read as a float"
+        ValueError, match=r"big.parquet row 0, field 'answer': the number 5.1\d+e\+19 was read as a float"
     ):
         local_splits(str(path), test_size=1)
-    path.write_text(
-        '{"prompt": "20! = ?", "answer": "51090942171709440000"}\n{"prompt": "1+1?", "answer": "2"}\n'
-    )
-    ds = local_splits(str(path), test_size=1, seed=0)
-    assert sorted([*ds["train"]["answer"], *ds["test"]["answer"]]) == ["2", "51090942171709440000"]
 
 
 def test_a_null_answer_key_leaves_the_files_answer_column_out(tmp_path, tiny_tokenizer):

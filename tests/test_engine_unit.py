@@ -71,6 +71,37 @@ def test_waking_hands_pytorchs_cached_memory_back_first(monkeypatch):
     assert engine.asleep == set()
 
 
+def test_a_half_asleep_engine_is_put_wholly_to_sleep(monkeypatch):
+    """A sync that fails between waking the weights and the KV cache leaves the engine half asleep: the next
+    sleep must release the awake weights too, not return because something already sleeps."""
+    from types import SimpleNamespace
+
+    from sppo_pl.rollout.vllm_engine import VLLMEngine
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    engine = VLLMEngine.__new__(VLLMEngine)
+    engine.llm = SimpleNamespace(
+        sleep=lambda level: calls.append(("sleep", level)),
+        wake_up=lambda tags: calls.append(("wake_up", tags)),
+    )
+    engine.sleep_level = 1
+    for asleep, wanted in [
+        ({"kv_cache"}, [("sleep", 1)]),  # vLLM releases the weights and skips the sleeping cache
+        ({"weights"}, [("wake_up", ["weights"]), ("sleep", 1)]),  # vLLM sleeps nothing while its weights do
+        (set(), [("sleep", 1)]),
+        ({"weights", "kv_cache"}, []),
+    ]:
+        calls.clear()
+        engine.asleep = set(asleep)
+        engine.sleep()
+        assert calls == wanted, asleep
+        assert engine.asleep == {"weights", "kv_cache"} and not engine.weights_dropped
+    engine.sleep_level, engine.asleep = 0, set()
+    engine.sleep()
+    assert engine.asleep == set()
+
+
 def test_the_engine_is_shut_down_when_fitting_ends_and_kept_after_a_validation():
     """A sweep runs its jobs in one process: each fit hands its engine's memory back (vLLM's engine core is
     shut down) instead of keeping it until the process exits."""

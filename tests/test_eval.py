@@ -206,3 +206,39 @@ def test_eval_sampling_settings_are_named_before_anything_loads(setting, match):
     with pytest.raises(ValueError, match=match):
         check_eval_sampling(ev)
     check_eval_sampling(OmegaConf.create({"samples": 0, "temperature": 0.0, "top_p": 1.0, "max_tokens": 16}))
+
+
+@pytest.mark.parametrize("verifier", [False, True])
+def test_pass_at_asked_of_an_oracle_that_is_no_verifier_is_refused_before_generating(
+    tmp_path, tiny_model_dir, monkeypatch, verifier
+):
+    """pass@k counts correct samples: an explicit ``eval.pass_at`` with a scorer (its samples get
+    reward_mean@n) is an error naming the field, said before any prompt is read or response generated."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from sppo_pl.eval import evaluate
+    from tests.test_config import CONF
+
+    def eval_prompts(*a, **kw):
+        raise AssertionError("eval.pass_at was checked after the prompts were read")
+
+    monkeypatch.setattr("sppo_pl.eval.eval_prompts", eval_prompts)
+    overrides = [
+        f"paths.output_dir={tmp_path}",
+        "experiment=smoke",
+        "model=local",
+        f"model.path={tiny_model_dir}",
+        "reward=function",
+        f"reward.oracle.verifier={verifier}",
+        "eval.pass_at=[1,2]",
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("eval", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    if verifier:  # a function declared a verifier scores 0/1: pass@k is its own, evaluation goes on
+        with pytest.raises(AssertionError, match="after the prompts were read"):
+            evaluate(cfg)
+        return
+    with pytest.raises(ValueError, match=r"eval.pass_at=\[1, 2\] needs a verifier .*FunctionOracle .*leave"):
+        evaluate(cfg)

@@ -193,6 +193,14 @@ def test_numeric_only_rejects_unevaluated_expressions(response, ok):
     assert is_correct("\\boxed{356 * 378}", "134568") is True  # what numeric=True guards against
 
 
+@pytest.mark.parametrize("fallback", ["math_verify", "last_number", "hash", "none"])
+def test_a_box_cut_off_by_the_token_limit_is_no_answer_for_any_fallback(fallback):
+    """``\\boxed{12`` is what is left of ``\\boxed{123}`` at the token limit: no fallback may read it as 12."""
+    for response in ["So the sum is \\boxed{12", "#### 12 or \\boxed{12", "\\boxed{3} no, \\boxed{12"]:
+        assert is_correct(response, "12", fallback=fallback) is False, response
+    assert is_correct("\\boxed{12}", "12", fallback=fallback) is True
+
+
 def test_no_fallback_needs_a_box():
     assert is_correct("The answer is 42", "42", fallback="none") is False
     with pytest.raises(ValueError, match="fallback must be one of"):

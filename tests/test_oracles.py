@@ -18,6 +18,7 @@ from sppo_pl.rewards.classifier import (
     load_classifier,
     pair_input_ids,
     reward_input_ids,
+    unused_id,
 )
 from sppo_pl.rewards.combined import CombinedOracle
 from sppo_pl.rewards.function import FunctionOracle, resolve_function
@@ -53,6 +54,13 @@ def classifier_dir(tmp_path_factory):
 def test_ordered_pairs():
     assert ordered_pairs(3) == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
     assert ordered_pairs(3, both_orders=False) == [(0, 1), (0, 2), (1, 2)]
+
+
+def test_unused_id_is_the_smallest_id_no_input_holds():
+    assert unused_id([[0, 1, 5], [2]], 8) == 3
+    assert unused_id([[1]], 2) == 0
+    with pytest.raises(ValueError, match="every one of the model's 3 token ids is in the batch"):
+        unused_id([[0, 2], [1]], 3)
 
 
 def test_pair_logit_matrix_averages_both_orders_by_hand():
@@ -149,6 +157,34 @@ def test_reward_model_scores_and_bradley_terry(classifier_dir):
     s = r.scores  # P_hat_0 = (1/2 + sig(2 (s0 - s1)) + sig(2 (s0 - s2))) / 3
     assert r.p_hat[0] == pytest.approx((0.5 + sig(2 * (s[0] - s[1])) + sig(2 * (s[0] - s[2]))) / 3)
     assert rm.compare([r.prompt], ["4"], ["five"]) == pytest.approx([sig(2 * (s[0] - s[2]))], abs=1e-5)
+
+
+def test_a_reward_model_without_a_pad_token_is_pooled_at_each_inputs_last_token(classifier_dir, tmp_path):
+    """A tokenizer without a pad token, a template that ends in EOS: padding with EOS made the model's
+    pooling (the last token that is not the pad token) read every input one token early, the EOS dropped.
+    Each score must be the model's logit of its input alone, unpadded (pooled at its last token)."""
+    import json
+    import shutil
+
+    from transformers import AutoModelForSequenceClassification
+
+    path = shutil.copytree(classifier_dir, tmp_path / "no-pad")
+    for name, key in (("tokenizer_config.json", "pad_token"), ("config.json", "pad_token_id")):
+        data = json.loads((path / name).read_text())
+        (path / name).write_text(json.dumps({**data, key: None}))
+    template = path / "chat_template.jinja"  # the last turn ends in EOS, nothing after it
+    template.write_text(template.read_text().replace("'<|im_end|>' + '\\n'", "'<|im_end|>'"))
+    rm = RewardModelOracle(str(path), batch_size=3)
+    _, tok = load_classifier(str(path))
+    r = rollout("What is 2 + 2?", ["4", "\\boxed{4}", "it is five"])
+    inputs = [reward_input_ids(tok, r.prompt, y, 2048) for y in r.responses]
+    assert all(ids[-1] == tok.eos_token_id for ids in inputs) and len({len(x) for x in inputs}) > 1
+    alone = AutoModelForSequenceClassification.from_pretrained(path).eval()  # batch of 1, no pad: token -1
+    want = [alone(input_ids=torch.tensor([ids])).logits[0, 0].item() for ids in inputs]
+    score_rollouts(rm, [r])
+    assert r.scores == pytest.approx(want, abs=1e-5)
+    # no pad id invented for the tokenizer; each batch's own was the model's for that batch only
+    assert rm.model.tokenizer.pad_token_id is None and rm.model.model.config.pad_token_id is None
 
 
 def test_pairwise_preferences_average_both_orders_of_the_model(classifier_dir):

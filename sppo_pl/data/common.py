@@ -55,6 +55,32 @@ def read_file(path: str | Path) -> Dataset:
         raise ValueError(f"data: {path}: could not be read as {path.suffix}: {_reason(e)}") from e
 
 
+def numbers_as_written(ds: Dataset, path: str | Path, key: str) -> Dataset:
+    """``ds`` read from the JSON file ``path``, its column ``key`` of numbers replaced by the text written in
+    the file: ``datasets`` reads a column mixing 3 and 3.5 as floats (3 became "3.0"), and a whole number
+    beyond 64 bits as a float that lost its digits. Other files and columns, and a column that is not floats
+    (text, whole numbers, mixed), are returned as they are."""
+    path = Path(path)
+    dtype = getattr(ds.features.get(key), "dtype", None)
+    if FORMATS.get(path.suffix) != "json" or dtype not in ("float16", "float32", "float64"):
+        return ds
+    values = json_values_as_written(path, key)
+    if len(values) != len(ds):  # not rows as datasets reads them: leave them to its reading
+        return ds
+    return ds.remove_columns(key).add_column(key, values)
+
+
+def json_values_as_written(path: Path, key: str) -> list:
+    """Each row's ``key`` (None where absent) in a JSON-lines file, or a JSON file holding an array of rows,
+    every number as the text written for it (``3``, ``3.50``, ``51090942171709440000``)."""
+    text, as_text = path.read_text(encoding="utf-8-sig"), {"parse_int": str, "parse_float": str}
+    if text.lstrip().startswith("["):
+        rows = json.loads(text, **as_text)
+    else:  # split on newlines alone: a JSON string may hold U+2028, which str.splitlines would split on
+        rows = [json.loads(line, **as_text) for line in text.split("\n") if line.strip()]
+    return [row.get(key) if isinstance(row, dict) else None for row in rows]
+
+
 def _csv_as_text(path: Path) -> dict:
     """``load_dataset`` options that read every CSV cell as the text written there: an answer ``007`` stays
     ``"007"``, ``1`` stays ``"1"`` even with an empty cell in its column (pandas would make the column floats:

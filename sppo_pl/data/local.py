@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sppo_pl.data.common import check_rows, read_file, with_source, with_test_split
+from sppo_pl.data.common import check_rows, numbers_as_written, read_file, with_source, with_test_split
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -22,6 +22,8 @@ def read_prompts(path: str, prompt_key: str, answer_key: str | None) -> Dataset:
     the hidden source columns added. With ``answer_key`` null a column named ``answer`` is left out (prompts
     only); a renaming onto a column the file already has is an error naming both."""
     ds = read_file(path)
+    if answer_key:
+        ds = numbers_as_written(ds, path, answer_key)  # a JSON column of 3 and 3.5: "3", not "3.0"
     check_rows(ds, str(path), prompt_key, answer_key)
     renames = {prompt_key: "prompt", **({answer_key: "answer"} if answer_key else {})}
     renames = {k: v for k, v in renames.items() if k != v}

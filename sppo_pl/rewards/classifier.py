@@ -58,8 +58,9 @@ def position_limit(model) -> int | None:
 def load_classifier(path: str, dtype: str = "float32", device: str | torch.device = "cpu"):
     """(model, tokenizer) of a one-output sequence classifier at ``path`` (directory or hub name), in eval mode.
 
-    A missing pad token becomes the EOS token, so batches can be padded; the model's pooling (last
-    non-pad token) reads the same id.
+    The model's config takes the tokenizer's pad token, which its pooling (the last token that is not the
+    pad token) reads. A tokenizer without one keeps none: :func:`classifier_logits` then pads each batch
+    with an id none of its inputs holds (padding with EOS would pool an input that ends in EOS one token early).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -69,12 +70,27 @@ def load_classifier(path: str, dtype: str = "float32", device: str | torch.devic
         raise ValueError(
             f"{path}: an oracle model needs one output (num_labels=1), got num_labels={model.config.num_labels}"
         )
-    if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token_id is None:
-            raise ValueError(f"{path}: the tokenizer has neither a pad nor an EOS token to pad batches with")
-        tokenizer.pad_token = tokenizer.eos_token
-    model.config.pad_token_id = tokenizer.pad_token_id
+    if tokenizer.pad_token_id is not None:
+        set_pad_id(model, tokenizer.pad_token_id)
     return model.to(device).eval(), tokenizer
+
+
+def set_pad_id(model, pad_id: int | None) -> None:
+    """The pad id the model's pooling reads (its config's, and its text config's in a composite model)."""
+    model.config.pad_token_id = pad_id
+    model.config.get_text_config().pad_token_id = pad_id
+
+
+def unused_id(seqs: Sequence[Sequence[int]], vocab_size: int) -> int:
+    """The smallest token id below ``vocab_size`` that no sequence holds: a pad id the pooling cannot mistake
+    for an input's own token."""
+    used = set().union(*seqs)
+    free = next((i for i in range(vocab_size) if i not in used), None)
+    if free is None:
+        raise ValueError(
+            f"every one of the model's {vocab_size} token ids is in the batch: none is left to pad with"
+        )
+    return free
 
 
 def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
@@ -189,17 +205,26 @@ def batched_by_length(
 
 
 @torch.no_grad()
-def classifier_logits(model, inputs: list[list[int]], pad_id: int, batch_size: int = 16) -> torch.Tensor:
+def classifier_logits(
+    model, inputs: list[list[int]], pad_id: int | None, batch_size: int = 16
+) -> torch.Tensor:
     """The model's single logit for each input: N lists of ids -> [N] float32 on the CPU.
 
     Inputs are sorted by length and right-padded within each batch of ``batch_size``; the result is in
-    the original order. Padding does not change a logit (the model pools its last non-pad token).
+    the original order. Padding does not change a logit (the model pools its last non-pad token). With
+    ``pad_id`` None (the tokenizer has no pad token) each batch pads with :func:`unused_id`, so every input
+    is pooled at its own last token, as the model pools an unpadded input.
     """
     device = next(model.parameters()).device
 
     def run(batch: list[list[int]]) -> torch.Tensor:
-        ids, mask = right_pad(batch, pad_id)
-        return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0]
+        pad = pad_id if pad_id is not None else unused_id(batch, model.get_input_embeddings().num_embeddings)
+        ids, mask = right_pad(batch, pad)
+        set_pad_id(model, pad)
+        try:
+            return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0]
+        finally:
+            set_pad_id(model, pad_id)
 
     return batched_by_length(inputs, len, batch_size, run)
 

@@ -151,7 +151,9 @@ def _operand_before(text: str, i: int) -> str:
 
 def _final_answer_text(response: str, fallback: str = "math_verify") -> str | None:
     """The text handed to math-verify: ``$<last boxed>$`` if there is a box; otherwise, by ``fallback``,
-    the whole response (math-verify's own extraction), ``$<last number in the text>$``, or None.
+    the whole response (math-verify's own extraction), ``$<last number in the text>$``, or None. A response
+    whose last ``\\boxed{`` never closes (cut off by the token limit) has no final answer whatever the
+    fallback: ``\\boxed{12`` of a truncated ``\\boxed{123}`` must not read as 12.
 
     ``hash`` is GSM8K's format, the number after the last "####" (verl's strict GSM8K check).
     ``last_number`` is the flexible extraction of GSM8K-style scorers; unlike math-verify's extraction of a
@@ -162,6 +164,8 @@ def _final_answer_text(response: str, fallback: str = "math_verify") -> str | No
     boxed = last_boxed(response)
     if boxed is not None:
         return f"${_normalize(boxed)}$"
+    if _BOXED.search(response):  # its last box never closed: the answer was cut off, no fallback reads it
+        return None
     if fallback == "math_verify":
         return response
     if fallback == "hash":

@@ -142,9 +142,16 @@ class VLLMEngine:
 
     def sleep(self) -> None:
         """Release the GPU memory (``sleep_level``): 1 offloads the weights and drops the KV cache, 2 drops
-        both. A no-op with ``sleep_level=0`` or when already asleep."""
-        if not self.sleep_level or self.asleep:
+        both. A no-op with ``sleep_level=0`` or when wholly asleep.
+
+        Half asleep (a sync that failed between waking the weights and the KV cache), the awake part is
+        released too: vLLM's sleep skips what already sleeps, but does nothing at all while the weights
+        sleep, so those are woken first.
+        """
+        if not self.sleep_level or self.asleep >= {"weights", "kv_cache"}:
             return
+        if "weights" in self.asleep:
+            self.wake_up(["weights"])
         self.llm.sleep(level=self.sleep_level)
         self.asleep = {"weights", "kv_cache"}
         self.weights_dropped = self.sleep_level == 2
