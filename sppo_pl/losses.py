@@ -26,9 +26,9 @@ from sppo_pl.types import LossOutput
 
 
 def _check_eta(eta: float) -> float:
-    if not (isinstance(eta, int | float) and math.isfinite(eta) and eta > 0):
-        raise ValueError(f"loss.eta must be a positive finite number, got {eta!r}")
-    return float(eta)
+    from sppo_pl.rollout.base import positive_number
+
+    return positive_number(eta, "loss.eta")
 
 
 def best_worst(p_hat: Tensor) -> tuple[Tensor, Tensor]:
@@ -211,9 +211,9 @@ class DPOLoss(nn.Module):
 
     def __init__(self, beta: float = 0.1):
         super().__init__()
-        if not (math.isfinite(beta) and beta > 0):
-            raise ValueError(f"loss.beta must be a positive finite number, got {beta!r}")
-        self.beta = float(beta)
+        from sppo_pl.rollout.base import positive_number
+
+        self.beta = positive_number(beta, "loss.beta")
 
     def forward(self, policy_logps: Tensor, ref_logps: Tensor, p_hat: Tensor, scores: Tensor) -> LossOutput:
         (lw, ll), (pw, pl) = best_worst_pairs(policy_logps, ref_logps, p_hat)

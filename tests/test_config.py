@@ -125,9 +125,9 @@ def test_bad_configs_fail_before_any_model_loads(tmp_path):
     missing = ["model=local", "model.path=/nonexistent/model"]
     with pytest.raises(ValueError, match="rollout.sampling.n must be >= 2"):
         build(make_cfg(tmp_path, [*missing, "rollout.sampling.n=1"]))
-    with pytest.raises(InstantiationException, match="loss.eta must be a positive finite number, got 0"):
+    with pytest.raises(InstantiationException, match="loss.eta must be a finite number > 0, got 0"):
         build(make_cfg(tmp_path, [*missing, "loss.eta=0"]))
-    with pytest.raises(InstantiationException, match="loss.beta must be a positive finite number, got -1"):
+    with pytest.raises(InstantiationException, match="loss.beta must be a finite number > 0, got -1"):
         build(make_cfg(tmp_path, [*missing, "loss=dpo", "loss.beta=-1"]))
     with pytest.raises(FileNotFoundError, match="model.path does not exist: /nonexistent/model"):
         build(make_cfg(tmp_path, missing))

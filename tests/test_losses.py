@@ -259,3 +259,12 @@ def test_softmean_over_the_iteration_centres_each_batch_on_every_rollout():
     # the batch's own SoftMean would differ: log((e + 1) / 2) over these two is the same here, so check [1, 1]
     out = loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.full((2, 1), 0.5), torch.ones(2, 1))
     assert out.target.item() == pytest.approx(1 - 0.6201145, abs=1e-6)  # batch-centred would give 0
+
+
+@pytest.mark.parametrize("bad", ["0.1", None, True, 0, -1.0, float("nan"), float("inf")])
+def test_loss_parameters_are_finite_numbers_above_zero_named(bad):
+    """A bool was taken as 1.0, and text or None failed with a TypeError that named no field."""
+    with pytest.raises(ValueError, match=r"loss.beta must be a finite number > 0, got"):
+        DPOLoss(beta=bad)
+    with pytest.raises(ValueError, match=r"loss.eta must be a finite number > 0, got"):
+        SPPOLoss(eta=bad)

@@ -88,8 +88,9 @@ def test_weighted_mean_by_hand_and_bad_weights():
     assert weighted_mean(v, [3.0, 1.0]).tolist() == [0.75, 0.25]
     with pytest.raises(ValueError, match="got 1 weights for 2 oracles"):
         weighted_mean(v, [1.0])
-    with pytest.raises(ValueError, match=">= 0 with a positive sum"):
-        weighted_mean(v, [1.0, -1.0])
+    for bad in ([1.0, -1.0], [1.0, float("nan")], [1.0, float("inf")]):  # NaN made every P_hat NaN
+        with pytest.raises(ValueError, match="weights must be finite, >= 0 and with a positive sum"):
+            weighted_mean(v, bad)
 
 
 def test_check_scores_names_the_source_and_row():
@@ -369,8 +370,23 @@ def test_combined_oracle_checks_names_and_weights():
         ValueError, match="reward.oracle.weights names \\['x'\\], not in reward.oracle.oracles"
     ):
         CombinedOracle({"a": MathVerifier()}, weights={"x": 1.0})
-    with pytest.raises(ValueError, match="reward.oracle.weights must be >= 0"):
-        CombinedOracle({"a": MathVerifier()}, weights={"a": 0.0})
+    for bad in (0.0, -1.0, float("nan"), float("inf"), True, "2"):  # NaN, inf: every P_hat was NaN
+        with pytest.raises(
+            ValueError, match="reward.oracle.weights must be finite numbers >= 0 with a positive"
+        ):
+            CombinedOracle({"a": MathVerifier(), "b": MathVerifier()}, weights={"a": bad, "b": 0.0})
+
+
+@pytest.mark.parametrize("scale", [-1.0, 0, float("nan"), float("inf"), "2", True])
+def test_a_function_oracles_scale_is_checked(scale):
+    """scale=-1 inverted every Bradley-Terry preference silently; "2" failed inside torch, naming nothing."""
+    from sppo_pl.rewards.function import FunctionOracle
+
+    with pytest.raises(
+        ValueError, match=r"reward.oracle.scale must be a finite number > 0 \(a negative scale"
+    ):
+        FunctionOracle("sppo_pl.rewards.function.brevity", scale=scale)
+    assert FunctionOracle("sppo_pl.rewards.function.brevity", scale=2).scale == 2.0
 
 
 def test_base_compare_is_the_preference_of_the_two_scores():
@@ -537,7 +553,10 @@ def test_pair_input_fits_the_position_limit_with_one_budget_for_both_candidates(
 @pytest.mark.parametrize(
     ("build", "match"),
     [
-        (lambda: RewardModelOracle("m", scale=-1.0), "reward.oracle.scale must be > 0"),
+        (
+            lambda: RewardModelOracle("m", scale=-1.0),
+            "reward.oracle.scale must be a finite number > 0 \\(a negative",
+        ),
         (
             lambda: RewardModelOracle("m", max_length=0),
             "reward.oracle.max_length must be a whole number >= 1",

@@ -21,6 +21,7 @@ import torch
 
 from sppo_pl.rewards.oracle import Oracle
 from sppo_pl.rewards.preference import bradley_terry
+from sppo_pl.rollout.base import positive_number
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -315,10 +316,7 @@ class RewardModelOracle(ClassifierOracle):
         device: str | None = None,
     ):
         check_tokens("max_length", max_length)
-        if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
-            raise ValueError(
-                f"reward.oracle.scale must be > 0 (a negative scale inverts every preference), got {scale!r}"
-            )
+        scale = positive_number(scale, "reward.oracle.scale", "a negative scale inverts every preference")
         self.model = Classifier(model_path, dtype, device, batch_size)
         self.max_length, self.scale = max_length, scale
 

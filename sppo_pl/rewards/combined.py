@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from sppo_pl.rewards.oracle import Oracle
@@ -29,12 +31,14 @@ class CombinedOracle(Oracle):
             )
         self.names = list(oracles)
         self.oracles = [oracles[n] for n in self.names]
-        self.weights = [float(weights.get(n, 1.0)) for n in self.names]
-        if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+        self.weights = [weights.get(n, 1.0) for n in self.names]
+        numbers = all(isinstance(w, int | float) and not isinstance(w, bool) for w in self.weights)
+        if not numbers or not all(0 <= w < math.inf for w in self.weights) or sum(self.weights) <= 0:
             raise ValueError(
-                "reward.oracle.weights must be >= 0 with a positive sum, got "
+                "reward.oracle.weights must be finite numbers >= 0 with a positive sum, got "
                 f"{dict(zip(self.names, self.weights))}"
             )
+        self.weights = [float(w) for w in self.weights]
         self.has_scores = all(o.has_scores for o in self.oracles)
 
     def place(self, device):

@@ -8,6 +8,7 @@ import torch
 
 from sppo_pl.rewards.oracle import Oracle
 from sppo_pl.rewards.preference import bradley_terry, hard_preference
+from sppo_pl.rollout.base import positive_number
 
 
 class FunctionOracle(Oracle):
@@ -30,6 +31,7 @@ class FunctionOracle(Oracle):
             raise ValueError(
                 f"reward.oracle.preference must be 'bradley_terry' or 'hard', got {preference!r}"
             )
+        scale = positive_number(scale, "reward.oracle.scale", "a negative scale inverts every preference")
         self.fn = resolve_function(fn)
         self.name = fn if isinstance(fn, str) else dotted_name(fn)
         self.preference, self.scale, self.is_verifier = preference, scale, verifier

@@ -128,7 +128,7 @@ def joint_scores(logit_matrix: Tensor) -> Tensor:
 
 
 def weighted_mean(values: Tensor, weights: list[float]) -> Tensor:
-    """sum_m w_m values[m] / sum_m w_m: [M, ...] -> [...]. Weights are >= 0 with a positive sum.
+    """sum_m w_m values[m] / sum_m w_m: [M, ...] -> [...]. Weights are finite, >= 0, with a positive sum.
 
     A weighted mean of preference matrices is again one (P[i, j] + P[j, i] = 1 is kept), and since
     P_hat is a row mean, the mixed P_hat is the same weighted mean of the oracles' P_hat.
@@ -136,6 +136,6 @@ def weighted_mean(values: Tensor, weights: list[float]) -> Tensor:
     w = torch.tensor(weights, dtype=values.dtype, device=values.device)
     if w.numel() != values.size(0):
         raise ValueError(f"got {w.numel()} weights for {values.size(0)} oracles")
-    if (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"weights must be >= 0 with a positive sum, got {weights}")
+    if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights must be finite, >= 0 and with a positive sum, got {weights}")
     return torch.tensordot(w, values, dims=1) / w.sum()

@@ -108,6 +108,14 @@ def _real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def positive_number(value, field: str, why: str = "") -> float:
+    """``value`` as a float if it is a finite number > 0 (not a bool, not text), else an error naming
+    ``field`` (``why``, if given, says what a bad value would do)."""
+    if not _real(value) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{field} must be a finite number > 0{f' ({why})' if why else ''}, got {value!r}")
+    return float(value)
+
+
 def check_rollout_mode(mode) -> None:
     """``rollout.mode``: one of :data:`ROLLOUT_MODES`."""
     if mode not in ROLLOUT_MODES:
