@@ -84,6 +84,7 @@ def check_config(cfg: DictConfig, loss) -> None:
     check_model_targets(cfg)
     check_sweep(cfg)
     check_validation_schedule(cfg.trainer)
+    check_trainer_choices(cfg.trainer)
 
 
 def check_required(cfg: DictConfig) -> None:
@@ -176,6 +177,26 @@ def check_choices(cfg: DictConfig) -> None:
         )
 
 
+def check_trainer_choices(trainer: DictConfig) -> None:
+    """``trainer.strategy.name`` (:func:`sppo_pl.strategy.select_strategy`'s) and ``trainer.precision`` name
+    choices that exist: the Trainer, which would say so too, is built only after the model has loaded."""
+    import warnings
+
+    from lightning.fabric.connector import _convert_precision_to_unified_args  # Lightning's own list
+
+    from sppo_pl.strategy import check_strategy_name
+
+    strategy = trainer.get("strategy")
+    if isinstance(strategy, DictConfig) and "name" in strategy:
+        check_strategy_name(strategy.name)
+    try:
+        with warnings.catch_warnings():  # its advice on the "bf16" alias: the Trainer gives it
+            warnings.simplefilter("ignore")
+            _convert_precision_to_unified_args(trainer.get("precision"))
+    except ValueError as e:
+        raise ValueError(f"trainer.precision: {e}") from None
+
+
 def check_loss(cfg: DictConfig, loss) -> None:
     """K >= 2 when the loss compares samples of one prompt, when P_hat leaves the response itself out, or
     when the oracle only judges pairs (a pairwise model: one sample has nothing to be judged against)."""
@@ -213,6 +234,9 @@ def check_batches(cfg: DictConfig) -> None:
         value = data.get(key, 1)
         if not is_whole(value) or value < 1:
             raise ValueError(f"data.{key} must be a whole number >= 1, got {value!r}")
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+    if not is_whole(accumulate) or accumulate < 1:  # Lightning divides the loss by it: -2 ascends, 0 crashes
+        raise ValueError(f"trainer.accumulate_grad_batches must be a whole number >= 1, got {accumulate!r}")
     per_iteration, batch = data.get("prompts_per_iteration"), data.get("batch_size")
     if per_iteration is None or batch is None:
         return
@@ -229,7 +253,6 @@ def check_batches(cfg: DictConfig) -> None:
             f"(data.prompts_per_iteration={per_iteration} over {world} rank{'s' if world > 1 else ''}): every "
             f"iteration would be one short batch; use data.batch_size <= {share} or more data.prompts_per_iteration"
         )
-    accumulate = cfg.trainer.get("accumulate_grad_batches", 1) or 1
     batches = math.ceil(share / batch)
     if batches % accumulate:
         raise ValueError(

@@ -114,6 +114,15 @@ class SPPOModule(L.LightningModule):
         root = self._trainer.strategy.model if self._trainer is not None else None
         return root if isinstance(root, FullyShardedDataParallel) else None
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Lightning's clipping (``trainer.gradient_clip_val``), except by norm under FSDP1: Lightning's FSDP
+        precision refuses it (a norm over one rank's shards is not the norm), so the root unit clips, its norm
+        reduced over every rank's shards."""
+        root = self.fsdp1_root()
+        if root is None or not gradient_clip_val or gradient_clip_algorithm == "value":
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        root.clip_grad_norm_(gradient_clip_val)
+
     def configure_model(self) -> None:
         """Shard the policy (and the reference copy, if held) with FSDP2 when the strategy gives a mesh."""
         mesh = self.device_mesh

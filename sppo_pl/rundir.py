@@ -6,8 +6,8 @@ the same second shared one and corrupted each other's metrics. :func:`run_name` 
 cannot share a random draw, so they keep the bare time stamp and are told to set ``hydra.run.dir`` (as the
 README's several-machines section says). :func:`hold_run_dir` is the guard behind it: the launch's first
 process holds ``<run>/.lock`` while it runs, and a second live run that is pointed at the same directory
-(``hydra.run.dir=...``) is refused before it writes anything. A lock left by a killed run (its process is
-gone) is taken over, which is how a crashed run is resumed in place.
+(``hydra.run.dir=...``) is refused before it writes anything. A lock left by a killed run (the kernel freed
+its ``flock``) is taken over, which is how a crashed run is resumed in place.
 """
 
 from __future__ import annotations
@@ -40,31 +40,61 @@ def _first_process() -> bool:
 
 @contextmanager
 def hold_run_dir(run: Path) -> Iterator[None]:
-    """Hold ``run`` for this run (first process of the launch only); refuse it while another live run does."""
+    """Hold ``run`` for this run (first process of the launch only); refuse it while another live run does.
+
+    The hold is an ``flock`` on ``<run>/.lock`` (the kernel lets it go when the process dies, so two runs
+    that find a killed run's lock cannot both take it over); the file names the holder (host, pid) for the
+    message, and an owner on another host is taken as live (a lock there need not reach this host). Where
+    the file system has no locks, the owner's pid alone decides, as it did before.
+    """
     if not _first_process():
         yield
         return
     lock = run / LOCK
     me = f"{socket.gethostname()} {os.getpid()}"
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            owner = _read(lock)
-            if _is_live(owner):
-                raise RuntimeError(
-                    f"{run} is held by a live run (host, pid: {owner}, in {lock}): a run never writes into "
-                    "another's directory. Wait for it, or give this run its own hydra.run.dir"
-                ) from None
-            lock.unlink(missing_ok=True)  # a killed run's lock (or one being written right now: retried)
-    with os.fdopen(fd, "w") as f:
-        f.write(me)
+    fd, locked = _locked_fd(lock, run)
+    owner = os.read(fd, 4096).decode(errors="replace").strip()
+    host = owner.partition(" ")[0]
+    if owner and owner != me and (host != socket.gethostname() if locked else _is_live(owner)):
+        os.close(fd)
+        raise _held(run, lock, owner)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, me.encode(), 0)
     try:
         yield
     finally:
-        if _read(lock) == me:
-            lock.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)  # still held: a run waiting to open it finds the file gone, and retries
+        os.close(fd)
+
+
+def _locked_fd(lock: Path, run: Path) -> tuple[int, bool]:
+    """An open descriptor of ``lock`` holding its ``flock`` (True), or without one where the file system
+    has none (False); refused while a live process holds it. A file unlinked by its releasing holder between
+    our open and our lock is opened again."""
+    import fcntl
+
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _held(run, lock, _read(lock)) from None
+        except OSError:  # no locks on this file system (some network mounts)
+            return fd, False
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                return fd, True
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _held(run: Path, lock: Path, owner: str) -> RuntimeError:
+    return RuntimeError(
+        f"{run} is held by a live run (host, pid: {owner or 'unknown'}, in {lock}): a run never writes into "
+        "another's directory. Wait for it, or give this run its own hydra.run.dir"
+    )
 
 
 def _read(lock: Path) -> str:

@@ -28,6 +28,15 @@ def device_count(devices: int | str | list | None, accelerator: str = "auto") ->
     return int(devices)
 
 
+STRATEGIES = ("auto", "fsdp", "fsdp1", "ddp")
+
+
+def check_strategy_name(name) -> None:
+    """``trainer.strategy.name``: one of :data:`STRATEGIES`."""
+    if name not in STRATEGIES:
+        raise ValueError(f"trainer.strategy.name must be auto, fsdp, fsdp1 or ddp, got {name!r}")
+
+
 def select_strategy(
     name: str,
     devices: int | str | list | None = 1,
@@ -39,8 +48,7 @@ def select_strategy(
 
     "auto" on several devices means "fsdp". ``kwargs`` go to the Lightning strategy's constructor.
     """
-    if name not in ("auto", "fsdp", "fsdp1", "ddp"):
-        raise ValueError(f"trainer.strategy.name must be auto, fsdp, fsdp1 or ddp, got {name!r}")
+    check_strategy_name(name)
     n = device_count(devices, accelerator) * num_nodes
     if n <= 1:
         return "auto"

@@ -181,6 +181,54 @@ def check_fsdp1(rank: int, model_dir: str) -> dict:
     }
 
 
+def check_fsdp1_clip(rank: int, model_dir: str) -> dict:
+    """Clipping by norm under FSDP1, which Lightning's FSDP precision refuses (``trainer.gradient_clip_val``):
+    the module's own clipping of the sharded gradients equals one process clipping the whole gradient."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import FSDPPrecision
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from transformers import AutoTokenizer
+
+    from sppo_pl.losses import SPPOLoss
+    from sppo_pl.module import SPPOModule
+    from sppo_pl.strategy import DecoderBlockPolicy
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    pad, rollouts, max_norm = tok.pad_token_id, _rollouts(tok), 1e-3
+    single = SPPOModule(model_dir, loss=SPPOLoss(eta=10.0))
+    single.compute_ref_logps(rollouts, pad)
+    _loss(single, rollouts, pad).backward()
+    norm = float(torch.nn.utils.clip_grad_norm_(single.policy.parameters(), max_norm))
+    want = {n: p.grad.clone() for n, p in single.policy.named_parameters()}
+
+    module = SPPOModule(model_dir, loss=SPPOLoss(eta=10.0))
+    module.forward = lambda rows: _loss(module, rows, pad)  # through the root, as Lightning's training_step
+    root = FSDP(
+        module, auto_wrap_policy=DecoderBlockPolicy(), device_id=torch.device("cpu"), use_orig_params=True
+    )
+    # the trainer as Lightning's FSDPStrategy leaves it: the root unit as its model, the FSDP precision plugin
+    module._trainer = SimpleNamespace(
+        strategy=SimpleNamespace(model=root),
+        precision_plugin=FSDPPrecision("32-true"),
+        gradient_clip_val=max_norm,
+        gradient_clip_algorithm=None,
+    )
+    root(rollouts).backward()  # the whole batch on each rank: the averaged gradient is the single one
+    module.configure_gradient_clipping(torch.optim.SGD(module.parameters(), lr=0.1), max_norm, "norm")
+    with FSDP.summon_full_params(root, with_grads=True):
+        got = {
+            n.replace("_fsdp_wrapped_module.", ""): p.grad.clone()
+            for n, p in module.policy.named_parameters()
+        }
+    return {
+        "norm_before": norm,
+        "names_equal": sorted(got) == sorted(want),
+        "max_grad_diff": max(float((got[n] - g).abs().max()) for n, g in want.items()),
+        "norm_after": float(torch.linalg.vector_norm(torch.stack([g.norm() for g in got.values()]))),
+    }
+
+
 def check_gather(rank: int, model_dir: str) -> dict:
     """FSDP2's streamed weights equal the unsharded ones, names, dtypes and values, also under bf16 mixed
     precision (the stored fp32 tensors are gathered, not the bf16 ones the forward computes with)."""
@@ -219,7 +267,12 @@ def _worker(rank: int, port: int, check: str, model_dir: str, out: str) -> None:
     if name == "sync":
         result = check_sync(rank, model_dir, arg)
     else:
-        result = {"step": check_step, "fsdp1": check_fsdp1, "gather": check_gather}[name](rank, model_dir)
+        result = {
+            "step": check_step,
+            "fsdp1": check_fsdp1,
+            "fsdp1_clip": check_fsdp1_clip,
+            "gather": check_gather,
+        }[name](rank, model_dir)
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()  # the process group stays up: the engine's own shutdown destroys its groups at exit
 

@@ -95,6 +95,22 @@ def test_dropping_ties_with_one_sample_per_prompt_is_refused(tmp_path):
             ["data.prompts_per_iteration=12", "data.batch_size=4", "trainer.accumulate_grad_batches=2"],
             r"trainer\.accumulate_grad_batches=2 does not divide the 3 batches each rank trains on",
         ),
+        # Lightning divides the loss by it: -2 trained away from the target (2 % -2 == 0 passed), 0 crashed
+        # at the first batch, after the model had loaded
+        (
+            ["trainer.accumulate_grad_batches=-2"],
+            r"trainer\.accumulate_grad_batches must be a whole number >= 1",
+        ),
+        (
+            ["trainer.accumulate_grad_batches=0"],
+            r"trainer\.accumulate_grad_batches must be a whole number >= 1",
+        ),
+        # the Trainer, which checks these too, is built after the model has loaded
+        (
+            ["trainer.strategy.name=fsdp3"],
+            r"trainer\.strategy\.name must be auto, fsdp, fsdp1 or ddp, got 'fsdp3'",
+        ),
+        (["trainer.precision=bf17-mixed"], r"trainer\.precision: Precision 'bf17-mixed' is invalid"),
     ],
 )
 def test_bad_choices_are_refused_before_the_model_is_built(tmp_path, overrides, match):

@@ -50,6 +50,15 @@ def test_fsdp1_weight_stream_gathers_one_block_at_a_time_under_hf_names(tiny_mod
         assert rank["logps_max_diff"] < 1e-3  # pi_t log-probs of the sharded policy (sums over tokens)
 
 
+def test_fsdp1_clips_gradients_by_the_norm_over_every_ranks_shards(tiny_model_dir, tmp_path):
+    """Lightning's FSDP precision raises on gradient_clip_algorithm=norm, so trainer/strategy=fsdp1 with the
+    default trainer.gradient_clip_val=1.0 died at its first optimizer step: the module clips instead."""
+    for rank in run_check("fsdp1_clip", tiny_model_dir, tmp_path):
+        assert rank["norm_before"] > 1e-2 and rank["names_equal"]  # the clipping had work to do
+        assert rank["max_grad_diff"] < 1e-7
+        assert rank["norm_after"] == pytest.approx(1e-3, rel=1e-3)
+
+
 @pytest.mark.parametrize("mode", ["colocate", "rank0"])
 def test_sharded_weight_sync_matches_hf_greedy_of_the_gathered_policy(tiny_model_dir, tmp_path, mode):
     ranks = run_check(f"sync:{mode}", tiny_model_dir, tmp_path)

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -137,6 +138,47 @@ def test_run_directories_are_unique_and_never_shared_by_live_runs(tmp_path):
     (run / LOCK).write_text(f"{socket.gethostname()} {dead.stdout.strip()}")  # a killed run's lock
     with hold_run_dir(run):
         assert (run / LOCK).read_text().endswith(str(os.getpid()))
+
+
+def _take_over(run: Path, barrier, delay: float, results) -> None:
+    """Hold ``run`` for a second; both takers meet at ``barrier`` once they find its owner dead."""
+    import sppo_pl.rundir as rundir
+
+    is_live = rundir._is_live
+
+    def meet(owner: str) -> bool:  # the old takeover's window: both saw the dead owner, then unlinked in turn
+        live = is_live(owner)
+        if not live:
+            barrier.wait(timeout=10)
+            time.sleep(delay)
+        return live
+
+    rundir._is_live = meet
+    try:
+        with rundir.hold_run_dir(run):
+            results.put("holds")
+            time.sleep(1.0)
+    except RuntimeError as e:
+        results.put("refused" if "is held by a live run" in str(e) else str(e))
+
+
+def test_two_runs_finding_a_killed_runs_lock_do_not_both_take_it_over(tmp_path):
+    """Both read the dead owner, one unlinked it and created its own lock, the other unlinked that live one:
+    two runs wrote into one directory."""
+    import multiprocessing as mp
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK).write_text(f"{socket.gethostname()} 999999999")  # a killed run's (no such pid)
+    ctx = mp.get_context("fork")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    takers = [ctx.Process(target=_take_over, args=(run, barrier, d, results)) for d in (0.0, 0.3)]
+    for t in takers:
+        t.start()
+    for t in takers:
+        t.join(timeout=30)
+    assert sorted(results.get(timeout=5) for _ in takers) == ["holds", "refused"]
+    assert not (run / LOCK).exists()  # the holder let it go
 
 
 def _log(logger: CSVLogger, step: int) -> None:
