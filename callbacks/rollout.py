@@ -354,8 +354,8 @@ class RolloutCallback(L.Callback):
             "logprobs": logprobs,
         }
         every_seed = request_seeds(self.seed, iteration, len(prompts), start=rnd * len(prompts))
-        texts = [p["prompt"] for p in prompts]
-        saved = load_generations(self.save_dir, iteration, step, texts, rnd, every_seed, sampled_with)
+        texts, ids = [p["prompt"] for p in prompts], [list(p["prompt_ids"]) for p in prompts]
+        saved = load_generations(self.save_dir, iteration, step, texts, ids, rnd, every_seed, sampled_with)
         if saved is not None:
             log.info(
                 "rollout: iteration %d reuses the %d generations saved at step %d",
@@ -379,11 +379,12 @@ class RolloutCallback(L.Callback):
                     "epoch": iteration,
                     "policy_step": step,
                     "prompt": t,
+                    "prompt_ids": x,
                     "seed": s,
                     "sampled_with": sampled_with,
                 }
                 | asdict(g)
-                for t, s, g in zip(texts, every_seed, gens)
+                for t, x, s, g in zip(texts, ids, every_seed, gens)
             )
             self.save_dir.mkdir(parents=True, exist_ok=True)
             write_jsonl_atomic(self.save_dir / generated_name(iteration, rnd), rows)
@@ -429,12 +430,15 @@ def load_generations(
     iteration: int,
     step: int,
     prompts: list[str],
+    prompt_ids: list[list[int]],
     rnd: int,
     seeds: list[int],
     sampled_with: dict,
 ) -> list[Generation] | None:
     """The generations saved for round ``rnd`` of iteration ``iteration`` (:func:`generated_name`) if they were
-    sampled by the policy of global step ``step`` for exactly these prompts, with these request ``seeds`` and
+    sampled by the policy of global step ``step`` for exactly these prompts (their texts and the token ids the
+    engine was given: a resume with another ``data.system_prompt``, tokenizer or chat template gives other
+    ids for the same text), with these request ``seeds`` and
     as ``sampled_with`` says (this run, the lineage of the policy's weights, its model path,
     ``rollout.sampling``, whether the engine's log-probs were kept), else None: a run started afresh in an
     old run's directory, resumed from an older checkpoint and trained again, or resumed with other sampling
@@ -443,8 +447,12 @@ def load_generations(
     if path is None or not path.is_file():
         return None
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    want = [(step, p, s, sampled_with) for p, s in zip(prompts, seeds, strict=True)]
-    if [(r["policy_step"], r["prompt"], r.get("seed"), r.get("sampled_with")) for r in rows] != want:
+    want = [(step, p, x, s, sampled_with) for p, x, s in zip(prompts, prompt_ids, seeds, strict=True)]
+    got = [
+        (r["policy_step"], r["prompt"], r.get("prompt_ids"), r.get("seed"), r.get("sampled_with"))
+        for r in rows
+    ]
+    if got != want:
         return None
     fields = {f.name for f in dataclass_fields(Generation)}
     return [Generation(**{k: v for k, v in r.items() if k in fields}) for r in rows]

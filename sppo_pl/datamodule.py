@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from sppo_pl.data.common import check_columns, check_prompt, locate
+from sppo_pl.data.common import check_answer, check_columns, check_prompt, locate
 from sppo_pl.rollout.base import is_whole
 from sppo_pl.types import Rollout
 
@@ -56,9 +56,12 @@ class SPPODataModule(L.LightningDataModule):
                 f"data.max_val_prompts must be null (all) or a whole number >= 1, got {max_val_prompts!r}"
             )
         self.fields, self.drop_overlong = list(fields or []), drop_overlong
-        reserved = {"prompt", "prompt_ids", "answer"} & set(self.fields)
+        reserved = reserved_fields() & set(self.fields)
         if reserved:
-            raise ValueError(f"data.fields may not name {sorted(reserved)}: the prompt and answer always go")
+            raise ValueError(
+                f"data.fields may not name {sorted(reserved)}: the prompt and answer always go, and a field is "
+                "handed to the oracle by name, beside the arguments it takes itself; rename the column"
+            )
         self.dataset = dataset
         self.tokenizer = tokenizer
         self.prompt_key, self.answer_key, self.system_prompt = prompt_key, answer_key, system_prompt
@@ -136,11 +139,13 @@ class SPPODataModule(L.LightningDataModule):
                 f"data: {where} row {i}: prompt is {len(ids)} tokens, above "
                 f"model.max_prompt_len={self.max_prompt_len} (data.drop_overlong=true drops such rows)"
             )
-        answer = row.get(self.answer_key) if self.answer_key else None
+        answer = (
+            check_answer(row.get(self.answer_key), where, i, self.answer_key) if self.answer_key else None
+        )
         return {
             "prompt": prompt if isinstance(prompt, str) else prompt[-1]["content"],
             "prompt_ids": ids,
-            "answer": None if answer is None or _is_nan(answer) else str(answer),
+            "answer": answer,
             **self._fields(row, where, i),
         }
 
@@ -325,6 +330,21 @@ class ValidationPrompts(torch.utils.data.Dataset):
         return {**self.prompts[i % len(self.prompts)], "val_weight": float(i < len(self.prompts))}
 
 
+def reserved_fields() -> set[str]:
+    """The names a ``data.fields`` column may not take: a batch's own columns (``prompt``, ``prompt_ids``,
+    ``answer``, validation's ``val_weight``) and the arguments of the oracle's methods, which take the fields
+    as keywords (a ``responses`` column would be given twice)."""
+    import inspect
+
+    from sppo_pl.rewards.oracle import Oracle
+
+    names = {"prompt", "prompt_ids", "answer", "val_weight"}
+    for method in (Oracle.score, Oracle.checked_score, Oracle.compare):
+        params = inspect.signature(method).parameters.items()
+        names |= {n for n, p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return names
+
+
 def answers_needed_by(reward: Any) -> str | None:
     """The ``_target_`` in a reward config (or in a node inside it: the oracles of a mix) whose class sets
     ``needs_answers``, read without instantiating it; None if no class does."""
@@ -357,10 +377,6 @@ def _targets(node: Any) -> Iterator[str]:
         node = list(node.values())
     for v in node if isinstance(node, list) else ():
         yield from _targets(v)
-
-
-def _is_nan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)
 
 
 class IterationRollouts(torch.utils.data.Dataset):

@@ -259,6 +259,22 @@ def test_an_answer_too_long_for_a_float_is_refused_not_rounded(tmp_path):
         local_splits(str(path), test_size=1)
 
 
+@pytest.mark.parametrize(("answer", "kind"), [([1, 2], "list"), (True, "bool")])
+def test_answers_of_a_dataset_given_in_python_are_checked_too(tiny_tokenizer, answer, kind):
+    """A DatasetDict handed to the data module (not read from a file) had its answers turned into text
+    unchecked: [1, 2] became "[1, 2]" and True "True", which no response can match."""
+    from datasets import Dataset, DatasetDict
+
+    rows = {"prompt": ["a?", "b?"], "answer": [answer, answer]}
+    dm = SPPODataModule(
+        DatasetDict(train=Dataset.from_dict(rows), test=Dataset.from_dict(rows)), tiny_tokenizer
+    )
+    with pytest.raises(
+        ValueError, match=rf"split 'train' row 0, field 'answer': expected text or a number, got {kind}"
+    ):
+        dm.setup("fit")
+
+
 def test_a_null_answer_key_leaves_the_files_answer_column_out(tmp_path, tiny_tokenizer):
     path = tmp_path / "p.jsonl"
     write_jsonl(path, [{"prompt": f"q{i}?", "answer": {"a": i}} for i in range(3)])

@@ -121,6 +121,13 @@ def test_named_fields_travel_with_every_prompt(tiny_tokenizer):
         SPPODataModule(ds, tokenizer=tiny_tokenizer, fields=["topic"]).setup("fit")
     with pytest.raises(ValueError, match="data.fields may not name \\['answer'\\]"):
         SPPODataModule(ds, tokenizer=tiny_tokenizer, fields=["answer"])
+    # the oracle takes the fields as keywords beside its own arguments: "responses" was given twice at the
+    # first scoring, and validation's padding weight replaced a "val_weight" column
+    for name in ("prompts", "responses", "a", "b", "val_weight"):
+        with pytest.raises(
+            ValueError, match=f"data.fields may not name \\['{name}'\\]: .* rename the column"
+        ):
+            SPPODataModule(ds, tokenizer=tiny_tokenizer, fields=["level", name])
 
 
 def test_validate_stage_reads_only_the_test_split(tiny_tokenizer):

@@ -55,6 +55,30 @@ def test_hf_generate_logprobs_are_the_policys(tiny_model_dir, tiny_tokenizer):
     assert engine.generate(prompt_ids, SAMPLING, seeds=[1, 2, 3])[0].logprobs is None  # only when asked
 
 
+def test_hf_generate_pads_a_batch_when_the_tokenizer_has_no_pad_token(tiny_model_dir, tmp_path):
+    """rollout=hf loads its own tokenizer (``${model.path}``): one without a pad token (Mistral's, Llama's)
+    failed on the first batch of prompts of unequal lengths ("Could not infer dtype of NoneType")."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    path = shutil.copytree(tiny_model_dir, tmp_path / "no-pad")
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**config, "pad_token": None}))
+    assert AutoTokenizer.from_pretrained(path).pad_token_id is None
+    module = SPPOModule(str(tiny_model_dir), loss=SPPOLoss(eta=10.0))
+    greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=8)
+    tok = AutoTokenizer.from_pretrained(path)
+    prompt_ids = [
+        encode_prompt(tok, q) for q in ("Hi?", "What is 12 * 34?", "What is 1 + 2 + 3 + 4 + 5 + 6?")
+    ]
+    assert len({len(p) for p in prompt_ids}) == 3  # the batch is padded
+    batched = HFEngine(module.policy, str(path), batch_size=3).generate(prompt_ids, greedy)
+    alone = HFEngine(module.policy, str(path), batch_size=1).generate(prompt_ids, greedy)
+    assert [g.token_ids for g in batched] == [g.token_ids for g in alone]
+
+
 @pytest.mark.slow
 def test_vllm_logprobs_are_the_policys_after_a_sync(tiny_model_dir, tiny_tokenizer):
     """After the policy moves and is synced, the engine's log-probs are the moved policy's (the bound that

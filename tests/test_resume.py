@@ -268,12 +268,18 @@ class TaggedEngine:
         ("model", {"n": 2, "temperature": 0.7}, 0),
         ("sampling", {"n": 4, "temperature": 1.0}, 0),
         ("seed", {"n": 2, "temperature": 0.7}, 1),
+        (
+            "prompt_ids",
+            {"n": 2, "temperature": 0.7},
+            0,
+        ),  # the same texts, e.g. under another data.system_prompt
     ],
 )
 def test_saved_generations_are_reused_only_when_sampled_alike(tmp_path, change, sampling, seed):
     """Generations saved at this iteration and step are reused by the run that saved them, resumed from its
-    checkpoint (the callback's state), and only with the same model, rollout.sampling and seed: a run started
-    afresh in the old run's directory ("run"), or resumed with other settings, samples anew."""
+    checkpoint (the callback's state), and only with the same model, prompt token ids, rollout.sampling and
+    seed: a run started afresh in the old run's directory ("run"), or resumed with other settings, samples
+    anew."""
     from types import SimpleNamespace
 
     from callbacks.rollout import RolloutCallback
@@ -281,7 +287,7 @@ def test_saved_generations_are_reused_only_when_sampled_alike(tmp_path, change, 
     trainer = SimpleNamespace(global_step=8, is_global_zero=True)
     prompts = [{"prompt": f"What is {i}+1?", "prompt_ids": [5, i]} for i in range(3)]
 
-    def generations(tag, model, sampling, seed, state=None):
+    def generations(tag, model, sampling, seed, state=None, prompts=prompts):
         pl_module = SimpleNamespace(hparams=SimpleNamespace(reference="precompute", model_path=model))
         pl_module.named_weights = lambda: iter([])
         cb = RolloutCallback(engine=None, sampling=sampling, save_dir=str(tmp_path / "rollouts"), seed=seed)
@@ -294,7 +300,10 @@ def test_saved_generations_are_reused_only_when_sampled_alike(tmp_path, change, 
     texts, reused, state = generations("first", "/models/a", {"n": 2, "temperature": 0.7}, 0)
     assert (texts, reused) == (["first T=0.7"] * 2, False)
     model = "/models/b" if change == "model" else "/models/a"
-    texts, reused, _ = generations("second", model, sampling, seed, None if change == "run" else state)
+    again = (
+        [{**p, "prompt_ids": [7, *p["prompt_ids"]]} for p in prompts] if change == "prompt_ids" else prompts
+    )
+    texts, reused, _ = generations("second", model, sampling, seed, None if change == "run" else state, again)
     if change == "nothing":
         assert (texts, reused) == (["first T=0.7"] * 2, True)
     else:

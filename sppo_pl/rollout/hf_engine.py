@@ -30,6 +30,8 @@ class HFEngine:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        if tokenizer.pad_token_id is None:  # Mistral's, Llama's: left padding (masked out) needs some id
+            tokenizer.pad_token = tokenizer.eos_token
         self._model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
