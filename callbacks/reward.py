@@ -42,7 +42,11 @@ class RewardCallback(Oracle, L.Callback):
         self.oracle = self if oracle is None else oracle
         self.include_self = include_self
         self.val_reward, self.val_win = MeanMetric(), MeanMetric()
-        self.start_responses: dict[str, str] = {}  # prompt -> the starting policy's greedy response
+        # prompt_key(prompt token ids) -> the starting policy's greedy response. Keyed by the tokens, not by
+        # the prompt's text (a chat prompt's last user turn), so prompts that differ in their system turn or
+        # history each keep their own
+        self.start_responses: dict[str, str] = {}
+        self._start_by_text: dict[str, str] = {}  # a checkpoint of sppo-pl before 2026-12-07 kept these
         self._val_start: dict[str, str] = {}
 
     def setup(self, trainer, pl_module, stage):
@@ -69,15 +73,17 @@ class RewardCallback(Oracle, L.Callback):
             self.val_reward.update(
                 torch.tensor(scores, dtype=torch.float32, device=pl_module.device), weights
             )
+        keys = [prompt_key(ids) for ids in batch["prompt_ids"]]
         if _iteration(trainer) == 0:
-            self._val_start.update(zip(prompts, responses))
+            self._val_start.update(zip(keys, responses))
             return
-        known = [n for n, p in enumerate(prompts) if p in self.start_responses]
+        start = [self.start_responses.get(k, self._start_by_text.get(p)) for k, p in zip(keys, prompts)]
+        known = [n for n, y in enumerate(start) if y is not None]
         if known:
             wins = oracle.compare(
                 [prompts[n] for n in known],
                 [responses[n] for n in known],
-                [self.start_responses[prompts[n]] for n in known],
+                [start[n] for n in known],
                 **{k: [v[n] for n in known] for k, v in fields.items()},
             )
             self.val_win.update(
@@ -111,10 +117,16 @@ class RewardCallback(Oracle, L.Callback):
 
     # ---- checkpoints: a resumed run compares against the same starting responses ----------------------
     def state_dict(self) -> dict:
-        return {"start_responses": self.start_responses}
+        return {"start_by_prompt_ids": self.start_responses}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.start_responses = dict(state_dict.get("start_responses", {}))
+        self.start_responses = dict(state_dict.get("start_by_prompt_ids", {}))
+        self._start_by_text = dict(state_dict.get("start_responses", {}))
+
+
+def prompt_key(prompt_ids) -> str:
+    """A prompt's key among the starting responses: its token ids, as text (checkpoints keep it)."""
+    return " ".join(str(int(t)) for t in prompt_ids)
 
 
 def _iteration(trainer) -> int:

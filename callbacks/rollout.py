@@ -251,19 +251,24 @@ class RolloutCallback(L.Callback):
         With ``drop_ties`` (DAPO's dynamic sampling) the prompts whose K samples all tie (every P_hat 1/2: no
         preference, nothing to learn) are set aside and fresh prompts are sampled, up to ``max_rounds``
         rounds, until ``prompts_per_iteration`` informative groups are in hand; if the rounds run out first,
-        tied groups fill the rest, so the iteration always trains on its full budget.
+        tied groups fill the rest, so the iteration always trains on its full budget. A prompt that a refill
+        round draws again (its block crossed into the split's next pass) is taken only when nothing else is left.
         """
         dm = trainer.datamodule
         budget, rounds = dm.prompts_per_iteration, (self.max_rounds if self.drop_ties else 1)
         timing = {"gen_s": None, "sync_s": 0.0, "score_s": 0.0, "ref_logps_s": 0.0, "sampled_tokens": 0}
-        kept, tied = [], []
+        kept, tied, repeats, earlier = [], [], [], set()
         for rnd in range(rounds):
             scored = self.sample_round(trainer, pl_module, iteration, rnd, rounds, timing)
             for r in scored:
-                (tied if self.drop_ties and is_tied(r) else kept).append(r)
+                if prompt_row(r) in earlier:  # a refill round that crossed into the next pass of the split
+                    repeats.append(r)
+                else:
+                    (tied if self.drop_ties and is_tied(r) else kept).append(r)
+            earlier |= {prompt_row(r) for r in scored}
             if len(kept) >= budget:
                 break
-        rollouts = (kept + tied)[:budget]
+        rollouts = (kept + tied + repeats)[:budget]
         start = time.perf_counter()
         self.policy_pass(pl_module, rollouts, dm.tokenizer.pad_token_id)
         timing["ref_logps_s"] += time.perf_counter() - start
@@ -418,6 +423,11 @@ def generated_name(iteration: int, rnd: int = 0) -> str:
     return (
         f"epoch_{iteration}.generated.jsonl" if rnd == 0 else f"epoch_{iteration}.round_{rnd}.generated.jsonl"
     )
+
+
+def prompt_row(rollout: Rollout) -> tuple:
+    """What makes two rollouts the same prompt of the split: its text, tokens and answer."""
+    return rollout.prompt, tuple(rollout.prompt_ids), rollout.answer
 
 
 def is_tied(rollout: Rollout) -> bool:

@@ -226,7 +226,8 @@ def check_batches(cfg: DictConfig) -> None:
     """``data.prompts_per_iteration`` splits evenly over the ranks (``trainer.devices`` x ``trainer.num_nodes``),
     each rank's share of an iteration's rollouts fills at least one ``data.batch_size`` batch (a larger
     batch would silently train on one short batch per iteration), and its batches make whole groups of
-    ``trainer.accumulate_grad_batches`` (Lightning divides a short last group by the full count)."""
+    ``trainer.accumulate_grad_batches`` (Lightning divides a short last group by the full count) of full
+    batches (a short batch's mean would weigh as a full one's)."""
     from sppo_pl.rollout.base import is_whole
 
     data = cfg.data
@@ -259,6 +260,13 @@ def check_batches(cfg: DictConfig) -> None:
             f"trainer.accumulate_grad_batches={accumulate} does not divide the {batches} batches each rank trains on "
             f"per iteration ({share} rollouts in data.batch_size={batch} batches): the iteration's last optimizer "
             f"step would sum {batches % accumulate} batches' gradients but divide them by {accumulate}"
+        )
+    if accumulate > 1 and share % batch:
+        raise ValueError(
+            f"data.batch_size={batch} does not divide the {share} rollouts each rank trains on per iteration, and "
+            f"trainer.accumulate_grad_batches={accumulate} averages batch means: the last batch's {share % batch} "
+            f"prompts would each weigh {batch / (share % batch):g}x the others of their optimizer step; use a "
+            f"data.batch_size that divides {share}"
         )
 
 

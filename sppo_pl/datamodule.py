@@ -208,6 +208,7 @@ class SPPODataModule(L.LightningDataModule):
     def set_rollouts(self, rollouts: list[Rollout], iteration: int, step: int) -> None:
         """Scored rollouts sampled by the policy at ``step`` (global step), to train on in ``iteration``."""
         samples_per_prompt(rollouts)
+        check_targets(rollouts)
         self.rollouts, self.rollout_iteration, self.rollout_step = rollouts, iteration, step
 
     def state_dict(self) -> dict:
@@ -451,6 +452,28 @@ def samples_per_prompt(rollouts: list[Rollout]) -> int:
     if len(ks) != 1:
         raise ValueError(f"every prompt needs the same number of samples, got {sorted(ks)}")
     return ks.pop()
+
+
+# what the loss reads of each rollout, one value per sample, and what fills it
+TARGETS = {
+    "scores": "the reward callback's score_rollouts",
+    "p_hat": "the reward callback's score_rollouts",
+    "ref_logps": "the rollout callback's pi_t pass",
+}
+
+
+def check_targets(rollouts: list[Rollout]) -> None:
+    """Every rollout has K values of each field the loss reads (:data:`TARGETS`), else a ValueError naming the
+    prompt and the field. :func:`collate_rollouts` fills a missing field with zeros (a log-prob pass needs none),
+    which in training would be a silent target of P_hat = 0."""
+    for n, r in enumerate(rollouts):
+        for name, filler in TARGETS.items():
+            got = len(getattr(r, name))
+            if got != r.k:
+                raise ValueError(
+                    f"rollouts: prompt {n} ({r.prompt[:60]!r}) has {got} {name} values for its {r.k} samples; "
+                    f"{filler} must give one per sample"
+                )
 
 
 def collate_rollouts(rows: list[Rollout], pad_id: int) -> dict[str, torch.Tensor]:

@@ -95,6 +95,11 @@ def test_dropping_ties_with_one_sample_per_prompt_is_refused(tmp_path):
             ["data.prompts_per_iteration=12", "data.batch_size=4", "trainer.accumulate_grad_batches=2"],
             r"trainer\.accumulate_grad_batches=2 does not divide the 3 batches each rank trains on",
         ),
+        # 3 batches of 4, 4 and 2 prompts, one optimizer step: the last 2 prompts weighed 2x the others
+        (
+            ["data.prompts_per_iteration=10", "data.batch_size=4", "trainer.accumulate_grad_batches=3"],
+            r"data\.batch_size=4 does not divide the 10 rollouts .* last batch's 2 prompts would each weigh 2x",
+        ),
         # Lightning divides the loss by it: -2 trained away from the target (2 % -2 == 0 passed), 0 crashed
         # at the first batch, after the model had loaded
         (

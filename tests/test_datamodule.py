@@ -95,6 +95,22 @@ def test_train_dataloader_needs_rollouts(tiny_tokenizer):
         dm.set_rollouts([Rollout("a", [1], ["", ""], [[2], [3]]), Rollout("b", [1], [""], [[2]])], 0, 0)
 
 
+def test_rollouts_without_a_training_target_are_refused_by_name(tiny_tokenizer):
+    """A reward callback whose score_rollouts forgets p_hat would have trained on P_hat = 0 (the collate's
+    zero fill, there for log-prob passes); the datamodule names the prompt and the field instead."""
+    dm = _dm(tiny_tokenizer, ["What is 1 + 1?"])
+    good = Rollout("a", [1], ["x", "y"], [[2], [3]], "2", [1.0, 0.0], [0.75, 0.25], [-1.0, -2.0])
+    no_p_hat = Rollout("What is 2 + 2?", [1], ["x", "y"], [[2], [3]], "4", [1.0, 0.0], [], [-1.0, -2.0])
+    with pytest.raises(ValueError, match=r"prompt 1 \('What is 2 \+ 2\?'\) has 0 p_hat values for its 2"):
+        dm.set_rollouts([good, no_p_hat], 0, 0)
+    short_ref = Rollout("b", [1], ["x", "y"], [[2], [3]], "4", [1.0, 0.0], [0.5, 0.5], [-1.0])
+    with pytest.raises(ValueError, match="has 1 ref_logps values .* pi_t pass"):
+        dm.set_rollouts([short_ref], 0, 0)
+    assert dm.rollouts == []  # nothing was taken
+    dm.set_rollouts([good], 0, 0)
+    assert dm.rollouts == [good]
+
+
 def test_rollouts_survive_a_checkpoint_round_trip(tiny_tokenizer):
     dm = _dm(tiny_tokenizer, ["What is 1 + 1?"])
     rollouts = [Rollout("a", [1], ["x", "y"], [[2], [3]], "2", [1.0, 0.0], [0.75, 0.25], [-1.0, -2.0])]

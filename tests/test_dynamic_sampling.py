@@ -123,7 +123,7 @@ class _PassCounter:
             r.ref_logps = [-1.0] * r.k
 
 
-def _callback_over_fakes(monkeypatch, reference: str, logprobs: bool):
+def _callback_over_fakes(monkeypatch, reference: str, logprobs: bool, rounds=None):
     """A RolloutCallback over a stub datamodule (3 rounds of 2 prompts, budget 2) and stub generations in
     which the prompts named ``tie*`` tie and the ``win*`` ones do not."""
     from types import SimpleNamespace
@@ -131,7 +131,7 @@ def _callback_over_fakes(monkeypatch, reference: str, logprobs: bool):
     from callbacks.rollout import RolloutCallback
     from sppo_pl.rollout.base import Generation
 
-    rounds = [["tie0", "win0"], ["tie1", "tie2"], ["win1", "tie3"]]
+    rounds = rounds or [["tie0", "win0"], ["tie1", "tie2"], ["win1", "tie3"]]
     dm = SimpleNamespace(
         prompts_per_iteration=2,
         tokenizer=SimpleNamespace(pad_token_id=0),
@@ -169,6 +169,20 @@ def test_the_policy_pass_runs_only_on_the_groups_kept(monkeypatch, reference):
     assert [r.prompt for r in rollouts] == ["win0", "win1"]
     assert module.passed == ["win0", "win1"]
     assert all(r.ref_logps == [-1.0, -1.0] for r in rollouts)
+
+
+def test_a_prompt_drawn_again_by_a_refill_round_is_not_trained_twice(monkeypatch):
+    """A refill round whose block crosses into the split's next pass can draw a prompt an earlier round had;
+    it is taken only when the rounds run out of others (here round 2's win1 fills the budget instead)."""
+    rounds = [["tie0", "win0"], ["win0", "tie1"], ["win1", "tie2"]]
+    cb, trainer = _callback_over_fakes(monkeypatch, "model", logprobs=False, rounds=rounds)
+    rollouts = cb.rollout(trainer, _PassCounter("model"), iteration=0)
+    assert [r.prompt for r in rollouts] == ["win0", "win1"]
+    only_repeats = [["win0", "tie0"], ["win0", "tie0"]]
+    cb, trainer = _callback_over_fakes(monkeypatch, "model", logprobs=False, rounds=only_repeats)
+    cb.max_rounds = 2
+    rollouts = cb.rollout(trainer, _PassCounter("model"), iteration=0)
+    assert [r.prompt for r in rollouts] == ["win0", "tie0"]  # the budget is kept, the repeats come last
 
 
 def test_engine_log_probs_need_no_policy_pass(monkeypatch):

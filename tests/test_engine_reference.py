@@ -112,3 +112,28 @@ def test_hf_generate_ignores_the_checkpoints_sampling_penalties(tiny_model_dir, 
     config.repetition_penalty, config.no_repeat_ngram_size = 5.0, 2
     assert [g.token_ids for g in engine.generate(prompt_ids, greedy)] == [g.token_ids for g in plain]
     assert module.policy.generation_config.repetition_penalty == 5.0  # the model's own config is kept
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+        ),
+    ],
+)
+def test_seeded_hf_generation_leaves_the_trainers_random_streams_as_they_were(
+    tiny_model_dir, tiny_tokenizer, device
+):
+    """On CUDA the seeds reseeded the GPU's generator, and only the CPU's was put back."""
+    from sppo_pl.rollout.hf_engine import rng_devices
+
+    assert rng_devices(torch.device("cpu")) == [] and rng_devices(torch.device("cuda", 1)) == [1]
+    module = SPPOModule(str(tiny_model_dir), loss=SPPOLoss(eta=10.0)).to(device)
+    engine = HFEngine(module.policy, tiny_tokenizer, batch_size=2)
+    torch.manual_seed(123)
+    expected = torch.rand(4, device=device)
+    torch.manual_seed(123)
+    engine.generate(_prompts(tiny_tokenizer), SAMPLING, seeds=[1, 2, 3])
+    assert torch.equal(torch.rand(4, device=device), expected)

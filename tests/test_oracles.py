@@ -596,3 +596,52 @@ def test_win_rate_is_computed_on_a_rank_without_comparisons_when_another_rank_ha
     reward.val_win.compute = lambda: synced.append(True) or torch.tensor(0.25)  # stands in for the collective
     reward.on_validation_epoch_end(trainer, module)
     assert asked == [(False, False)] and synced == [True] and logged["val/win_rate"] == 0.25
+
+
+class _Recorder(FunctionOracle):
+    """A scoring oracle that records what each win-rate comparison was given."""
+
+    def __init__(self):
+        super().__init__(fn=lambda prompts, responses, **kw: [0.0] * len(prompts))
+        self.compared = []
+
+    def compare(self, prompts, a, b, **fields):
+        self.compared += list(zip(prompts, a, b))
+        return [1.0] * len(prompts)
+
+
+def _validate(reward, epoch, batch):
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(
+        current_epoch=epoch,
+        state=SimpleNamespace(fn="validate"),
+        sanity_checking=False,
+        strategy=SimpleNamespace(reduce_boolean_decision=lambda local, all=True: local),
+    )
+    module = SimpleNamespace(device=torch.device("cpu"), log=lambda *a, **kw: None)
+    reward.on_validation_epoch_start(trainer, module)
+    reward.on_validation_batch_end(trainer, module, {"responses": batch.pop("responses")}, batch, 0)
+    reward.on_validation_epoch_end(trainer, module)
+
+
+def test_win_rate_compares_chat_prompts_that_share_a_last_turn_with_their_own_start():
+    """Two chat prompts ending in the same user turn (another system turn or history) have the same
+    ``prompt`` text; each is compared with the starting response to its own tokens, not the last one's."""
+    reward = RewardCallback(_Recorder())
+    batch = {"prompt": ["Hi?", "Hi?"], "prompt_ids": [[1, 2, 9], [3, 9]], "answer": [None, None]}
+    _validate(reward, 0, {**batch, "responses": ["start a", "start b"]})
+    _validate(reward, 1, {**batch, "responses": ["now a", "now b"]})
+    assert reward.oracle.compared == [("Hi?", "now a", "start a"), ("Hi?", "now b", "start b")]
+    fresh = RewardCallback(_Recorder())  # a resumed run compares with the same starts
+    fresh.load_state_dict(reward.state_dict())
+    _validate(fresh, 2, {**batch, "responses": ["later a", "later b"]})
+    assert fresh.oracle.compared == [("Hi?", "later a", "start a"), ("Hi?", "later b", "start b")]
+
+
+def test_a_checkpoint_that_kept_starting_responses_by_text_still_gives_the_win_rate():
+    reward = RewardCallback(_Recorder())
+    reward.load_state_dict({"start_responses": {"What is 1 + 1?": "2"}})
+    batch = {"prompt": ["What is 1 + 1?"], "prompt_ids": [[5, 6]], "answer": ["2"]}
+    _validate(reward, 1, {**batch, "responses": ["3"]})
+    assert reward.oracle.compared == [("What is 1 + 1?", "3", "2")]

@@ -70,7 +70,7 @@ class HFEngine:
         out: list[Generation] = []
         try:
             for s in tqdm(range(0, len(prompt_ids), self.batch_size), desc="hf generate", leave=False):
-                with torch.random.fork_rng(devices=[]):
+                with torch.random.fork_rng(devices=rng_devices(_device_of(model))):
                     if seeds is not None:
                         torch.manual_seed(seeds[s])
                     batch = prompt_ids[s : s + self.batch_size]
@@ -154,3 +154,16 @@ def _trim(row: list[int], eos: list[int], pad: int) -> tuple[list[int], str]:
         if t in eos:
             return row[: i + 1], "stop"
     return row, "length"
+
+
+def rng_devices(device: torch.device) -> list[int]:
+    """The CUDA devices whose generator a seeded batch must put back: the model's. ``torch.manual_seed`` reseeds
+    the CPU's and every CUDA generator, and ``fork_rng(devices=[])`` restores only the CPU's, so on a GPU the
+    training steps after a rollout would draw (dropout) from the last rollout seed's stream."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
