@@ -44,6 +44,7 @@ run_test() {  # name, seconds, pytest args...
 }
 t=$((budget < 200 ? budget : 200))
 run_test vllm_sync "$t" tests/test_vllm_sync.py &
+run_test hf_rng "$t" -k cuda tests/test_engine_reference.py::test_seeded_hf_generation_leaves_the_trainers_random_streams_as_they_were &
 for s in auto auto-sleep1 auto-sleep2 fsdp2 fsdp1; do
     run_test "loop_$s" "$t" "tests/test_gpu.py::test_self_play_loop_trains_on_a_gpu_in_bf16_mixed[$s]" &
     sleep 2
