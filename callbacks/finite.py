@@ -3,7 +3,8 @@
 Without it, a diverging run (``optim.optimizer.lr=1e6``) trains on NaN from the next step, writes a NaN
 checkpoint over the last good one, exports a NaN policy and exits 0. With ``on_nonfinite=stop`` (default)
 the first non-finite loss or gradient stops the run before its optimizer step, with an error that names the
-step and the self-play iteration; the checkpoint of the last finished iteration stays as it was, nothing
+step and the self-play iteration (under fp16's GradScaler, overflowing gradients are left to it: it skips
+such a step and lowers its scale); the checkpoint of the last finished iteration stays as it was, nothing
 is exported, and the run exits non-zero. ``on_nonfinite=skip`` drops that step's gradients instead (the
 optimizer skips parameters without a gradient), logs ``train/skipped_steps`` and goes on. Every rank takes
 the same decision. The policy's weights are also checked at each iteration's end, before its checkpoint.
@@ -30,7 +31,10 @@ class FiniteCheck(L.Callback):
             )
         self.on_nonfinite = on_nonfinite
         self.skipped = 0
-        self._loss: torch.Tensor | None = None
+        self._loss: torch.Tensor | None = (
+            None  # the loss shown: the step's first non-finite one, else its last
+        )
+        self._loss_ok = True  # every micro-batch loss of the coming optimizer step was finite
 
     def state_dict(self) -> dict:
         """Saved in checkpoints, so a resumed run's ``train/skipped_steps`` goes on counting."""
@@ -40,12 +44,17 @@ class FiniteCheck(L.Callback):
         self.skipped = state_dict.get("skipped", 0)
 
     def on_before_backward(self, trainer, pl_module, loss):
-        self._loss = loss.detach()
+        """Each micro-batch's loss (``trainer.accumulate_grad_batches``): the first non-finite one is kept."""
+        if self._loss_ok:
+            self._loss = loss.detach()
+            self._loss_ok = all_finite([self._loss])
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        loss_ok, self._loss_ok = self._loss_ok, True
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        loss_ok = self._loss is None or all_finite([self._loss])
-        if trainer.strategy.reduce_boolean_decision(loss_ok and all_finite(grads), all=True):
+        # fp16's GradScaler skips a step whose unscaled gradients overflowed, and lowers its scale: routine
+        grads_ok = _scaler(trainer) is not None or all_finite(grads)
+        if trainer.strategy.reduce_boolean_decision(loss_ok and grads_ok, all=True):
             return
         what = "loss" if not loss_ok else "gradient"
         where = f"step {trainer.global_step} of self-play iteration {trainer.current_epoch}"
@@ -75,6 +84,11 @@ class FiniteCheck(L.Callback):
 
     def _value(self) -> str:
         return "unknown" if self._loss is None else f"{float(self._loss.float().mean()):g}"
+
+
+def _scaler(trainer):
+    """The precision plugin's GradScaler (``trainer.precision=16-mixed``), or None."""
+    return getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
 
 
 def _kept(trainer) -> str:

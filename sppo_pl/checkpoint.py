@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,17 +28,17 @@ from sppo_pl.rundir import pid_alive
 
 log = logging.getLogger(__name__)
 
-_TMP = ".tmp-"  # infix of the temp files AtomicCheckpointIO writes: <name>.tmp-<pid>
+_TMP = ".tmp-"  # infix of the temp files AtomicCheckpointIO writes: <name>.tmp-<host>-<pid>
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` into ``<path>.tmp-<pid>`` in the checkpoint's own folder, fsync, then ``os.replace``:
-    the checkpoint's name only ever holds a complete file."""
+    """``torch.save`` into ``<path>.tmp-<host>-<pid>`` in the checkpoint's own folder, fsync, then
+    ``os.replace``: the checkpoint's name only ever holds a complete file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}{_TMP}{os.getpid()}")
+        tmp = path.with_name(temp_name(path.name))
         try:
             with tmp.open("wb") as f:
                 torch.save(checkpoint, f)
@@ -47,12 +49,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
 
+def temp_name(name: str) -> str:
+    """The name a checkpoint ``name`` is written under first: ``<name>.tmp-<host>-<pid>``."""
+    return f"{name}{_TMP}{socket.gethostname()}-{os.getpid()}"
+
+
 def remove_stale_temp_files(folder: Path) -> list[Path]:
-    """Temp files of checkpoint writes that never finished (their process is gone): deleted, and returned."""
+    """Temp files of checkpoint writes that never finished (their process, on this host, is gone): deleted,
+    and returned. Another host's are left alone: this host cannot tell whether its writer lives (a run
+    still training on another node, whose directory a run here resumes from). A name without a host
+    (written before the host was added) is taken as this host's."""
     removed = []
     for tmp in folder.glob(f"*{_TMP}*") if folder.is_dir() else []:
-        pid = tmp.name.rsplit(_TMP, 1)[-1]
-        if pid.isdigit() and not pid_alive(int(pid)):
+        host, _, pid = tmp.name.rsplit(_TMP, 1)[-1].rpartition("-")
+        if host in ("", socket.gethostname()) and pid.isdigit() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
@@ -140,6 +150,44 @@ def _newest_in_run(run: Path) -> Path:
             newest,
         )
     return newest
+
+
+def requeued_ckpt(run: Path) -> str | None:
+    """Under SLURM, the checkpoint Lightning's auto-requeue left in ``run`` (its newest ``hpc_ckpt_<N>.ckpt``),
+    checked as ``ckpt_path`` is; None elsewhere or when there is none. The requeued job runs the same command,
+    without ``ckpt_path``: Lightning would resume from this file by itself, after the validation of the
+    starting model had already run on it (logged as iteration 0) and without the architecture check."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect():
+        return None
+    found = [(int(m.group(1)), f) for f in run.glob("hpc_ckpt_*.ckpt") if (m := _HPC.fullmatch(f.name))]
+    if not found:
+        return None
+    path = max(found)[1]
+    log.info("SLURM requeue: resuming from %s", path)
+    return resolve_ckpt(str(path))
+
+
+_HPC = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
+
+
+def refuse_earlier_run(run: Path) -> None:
+    """A run that does not resume may not start in a directory that holds another run's checkpoints: it would
+    write its own over them (the checkpoint names, ``last.ckpt``, the rollouts and ``hf_model/`` are the same
+    for every run). ``FileExistsError`` naming them and the way to resume."""
+    folder = run / "checkpoints"
+    found = sorted(
+        c.name
+        for c in (folder.iterdir() if folder.is_dir() else [])
+        if _TMP not in c.name and (c.suffix == ".ckpt" or (c / "meta.pt").exists())
+    )
+    if found:
+        shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        raise FileExistsError(
+            f"{run} holds an earlier run's checkpoints ({shown}), which this run would overwrite. Resume that "
+            f"run in place with ckpt_path={run} hydra.run.dir={run}, or give this run its own hydra.run.dir"
+        )
 
 
 def last_checkpoint(trainer) -> str:

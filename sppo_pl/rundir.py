@@ -91,9 +91,16 @@ def _locked_fd(lock: Path, run: Path) -> tuple[int, bool]:
 
 
 def _held(run: Path, lock: Path, owner: str) -> RuntimeError:
+    host = owner.partition(" ")[0]
+    elsewhere = (
+        f" That host is not this one, and a lock cannot tell whether a run on another host is alive: if that "
+        f"run is gone (a SLURM job killed on another node), delete {lock} and resume."
+        if host and host != socket.gethostname()
+        else ""
+    )
     return RuntimeError(
         f"{run} is held by a live run (host, pid: {owner or 'unknown'}, in {lock}): a run never writes into "
-        "another's directory. Wait for it, or give this run its own hydra.run.dir"
+        f"another's directory. Wait for it, or give this run its own hydra.run.dir.{elsewhere}"
     )
 
 

@@ -38,17 +38,22 @@ def iteration_linear_schedule(
 
 
 def steps_per_iteration(
-    prompts: int, batch_size: int, accumulate: int = 1, devices: int | list | str = 1, num_nodes: int = 1
+    prompts: int,
+    batch_size: int,
+    accumulate: int = 1,
+    devices: int | list | str = 1,
+    num_nodes: int = 1,
+    accelerator: str = "auto",
 ) -> int:
     """Optimizer steps in one self-play iteration: each of the ranks trains on ceil(prompts / ranks) prompt
-    groups in batches of ``batch_size`` and steps once per ``accumulate`` batches (the last one short)."""
-    listed = isinstance(devices, Sequence) and not isinstance(devices, str)  # OmegaConf's ListConfig too
-    if isinstance(devices, bool) or not (listed or isinstance(devices, int)):
-        raise ValueError(
-            f"trainer.devices={devices!r} is not a count: set trainer.devices to a number, or "
-            "optim.scheduler.steps_per_iteration by hand"
-        )
-    ranks = (len(devices) if listed else devices) * num_nodes
+    groups in batches of ``batch_size`` and steps once per ``accumulate`` batches (the last one short). The
+    ranks are counted as the config checks count them (:func:`sppo_pl.strategy.device_count`: ``auto`` and -1
+    are every GPU, or 1 process on CPU)."""
+    from sppo_pl.strategy import device_count
+
+    if isinstance(devices, bool):
+        raise ValueError(f"trainer.devices={devices!r} is not a count: set trainer.devices to a number")
+    ranks = device_count(devices, accelerator) * num_nodes
     batches = math.ceil(math.ceil(prompts / ranks) / batch_size)
     return math.ceil(batches / accumulate)
 

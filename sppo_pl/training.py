@@ -12,7 +12,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from sppo_pl.checkpoint import check_ckpt_model, last_checkpoint, resolve_ckpt
+from sppo_pl.checkpoint import (
+    check_ckpt_model,
+    last_checkpoint,
+    refuse_earlier_run,
+    requeued_ckpt,
+    resolve_ckpt,
+)
 from sppo_pl.config import check_config, check_model_dir
 from sppo_pl.loggers import finish_runs, log_config
 from sppo_pl.report import markdown_table
@@ -70,13 +76,16 @@ def train(cfg: DictConfig) -> float | None:
     """Run the self-play iterations; returns ``cfg.optimized_metric`` at the end (for sweeps).
 
     The run directory is held for this run alone (:func:`sppo_pl.rundir.hold_run_dir`) and ``ckpt_path`` is
-    checked before anything loads. A run stopped by SIGTERM (a scheduler's pre-emption) exits 143 after its
+    checked before anything loads; without one, a SLURM requeue's checkpoint is resumed, and a directory that
+    holds another run's checkpoints is refused. A run stopped by SIGTERM (a scheduler's pre-emption) exits 143 after its
     last finished iteration's checkpoint, and says how to resume; nothing is exported then.
     """
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     with hold_run_dir(out):
-        ckpt = resolve_ckpt(cfg.get("ckpt_path"))
+        ckpt = resolve_ckpt(cfg.get("ckpt_path")) or requeued_ckpt(out)
+        if ckpt is None:
+            refuse_earlier_run(out)
         (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         module, datamodule, trainer = build(cfg, ckpt)
         log_config(trainer.loggers, cfg)

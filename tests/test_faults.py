@@ -166,3 +166,28 @@ def test_a_mid_iteration_checkpoint_resumes_with_the_batches_not_yet_trained(tmp
     run_train(tmp_path, *SMOKE, f"ckpt_path={mid}", f"hydra.run.dir={run}")
     final = weights(run / "checkpoints" / "last.ckpt")
     assert max_diff(final, weights(reference / "checkpoints" / "last.ckpt")) < 1e-6
+
+
+def test_a_slurm_requeue_resumes_from_its_hpc_checkpoint_without_validating_it_as_the_start(
+    tmp_path, reference
+):
+    """Lightning's requeue saves hpc_ckpt_<N>.ckpt and runs the job's command again, without ckpt_path: the run
+    resumes from it (before, the validation of the starting model ran on its trained weights and was logged
+    as iteration 0 a second time) and ends as an uninterrupted run."""
+    import shutil
+
+    run = tmp_path / "run"
+    run_train(tmp_path, *SMOKE, f"hydra.run.dir={run}", *fault("KillAt", step=STEP), returncode=-9)
+    shutil.copy(run / "checkpoints" / "epoch_00.ckpt", run / "hpc_ckpt_1.ckpt")  # what the requeue saved
+    slurm = {
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "sppo",
+        "SLURM_JOB_ID": "7",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+    }
+    proc = run_train(tmp_path, *SMOKE, f"hydra.run.dir={run}", extra_env=slurm)
+    assert f"SLURM requeue: resuming from {run / 'hpc_ckpt_1.ckpt'}" in proc.stdout + proc.stderr
+    assert_same_end_and_history(run, reference)

@@ -73,10 +73,17 @@ def test_a_run_directory_falls_back_to_its_newest_intact_checkpoint(tmp_path, ca
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    (folder / f"epoch_03.ckpt.tmp-{dead.stdout.strip()}").write_bytes(b"partial")
-    (folder / f"epoch_04.ckpt.tmp-{os.getpid()}").write_bytes(b"partial")
+    host, dead_pid = socket.gethostname(), dead.stdout.strip()
+    (folder / f"epoch_03.ckpt.tmp-{host}-{dead_pid}").write_bytes(b"partial")
+    (folder / f"epoch_03.ckpt.tmp-{dead_pid}").write_bytes(b"partial")  # named before the host was added
+    (folder / f"epoch_04.ckpt.tmp-{host}-{os.getpid()}").write_bytes(b"partial")
+    # another node's writer, whose pid means nothing here: it may be a live run writing its checkpoint
+    (folder / f"epoch_05.ckpt.tmp-node-17-{dead_pid}").write_bytes(b"partial")
     resolve_ckpt(str(tmp_path / "run"))
-    assert sorted(p.name for p in folder.glob("*.tmp-*")) == [f"epoch_04.ckpt.tmp-{os.getpid()}"]
+    assert sorted(p.name for p in folder.glob("*.tmp-*")) == [
+        f"epoch_04.ckpt.tmp-{host}-{os.getpid()}",
+        f"epoch_05.ckpt.tmp-node-17-{dead_pid}",
+    ]
 
 
 def test_checkpoints_are_staged_beside_their_name_and_a_failed_write_leaves_the_old_one(
@@ -93,7 +100,7 @@ def test_checkpoints_are_staged_beside_their_name_and_a_failed_write_leaves_the_
     io.save_checkpoint({"global_step": 2, "epoch": 1}, path)
     # written to a temp file in the checkpoint's own folder and flushed to disk before the rename (Lightning's
     # own writer stages it in the system temp folder, which a kill leaves behind and may be another disk)
-    assert seen == [["last.ckpt", f"last.ckpt.tmp-{os.getpid()}"]]
+    assert seen == [["last.ckpt", f"last.ckpt.tmp-{socket.gethostname()}-{os.getpid()}"]]
     assert torch.load(path, weights_only=False)["global_step"] == 2
 
     def disk_full(obj, f):
@@ -320,3 +327,129 @@ def test_the_skipped_step_count_survives_a_resume():
     assert after.skipped == 3
     after.load_state_dict({})  # a checkpoint written before the count was saved
     assert after.skipped == 0
+
+
+def test_a_new_run_in_a_directory_with_an_earlier_runs_checkpoints_is_refused(tmp_path):
+    """It wrote its epoch_XX.ckpt, last.ckpt, rollouts and hf_model/ over the earlier run's (only metrics.csv
+    was warned about); refused before it writes anything, even its config_resolved.yaml."""
+    from sppo_pl.training import train
+
+    run = tmp_path / "run"
+    fake_ckpt(run / "checkpoints" / "epoch_00.ckpt", 2)
+    (run / "config_resolved.yaml").write_text("the earlier run's")
+    with pytest.raises(
+        FileExistsError, match=r"holds an earlier run's checkpoints \(epoch_00\.ckpt\).*ckpt_path="
+    ):
+        train(make_cfg(run, ["experiment=smoke"]))
+    assert (run / "config_resolved.yaml").read_text() == "the earlier run's"
+    from sppo_pl.checkpoint import refuse_earlier_run
+
+    only_temp = tmp_path / "killed"
+    (only_temp / "checkpoints").mkdir(parents=True)
+    (only_temp / "checkpoints" / "epoch_00.ckpt.tmp-999999").write_bytes(b"")
+    refuse_earlier_run(only_temp)  # a run killed before its first checkpoint: nothing to lose
+    refuse_earlier_run(tmp_path / "new")
+
+
+SLURM = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "sppo", "SLURM_JOB_ID": "7", "SLURM_PROCID": "0"}
+
+
+def test_a_slurm_requeue_resumes_from_lightnings_newest_hpc_checkpoint(tmp_path, monkeypatch):
+    """The requeued job runs the same command, without ckpt_path: it resumes from the newest hpc_ckpt_<N>.ckpt
+    (checked like ckpt_path), so the starting model's validation does not run on the trained weights."""
+    from sppo_pl.checkpoint import requeued_ckpt
+
+    for n in (2, 10):
+        fake_ckpt(tmp_path / f"hpc_ckpt_{n}.ckpt", n)
+    assert requeued_ckpt(tmp_path) is None  # not under SLURM
+    for k, v in SLURM.items():
+        monkeypatch.setenv(k, v)
+    assert requeued_ckpt(tmp_path) == str(tmp_path / "hpc_ckpt_10.ckpt")
+    assert requeued_ckpt(tmp_path / "elsewhere") is None
+    (tmp_path / "hpc_ckpt_11.ckpt").write_bytes(b"")
+    with pytest.raises(ValueError, match="hpc_ckpt_11.ckpt is empty"):
+        requeued_ckpt(tmp_path)
+
+
+class _Tiny(__import__("lightning").LightningModule):
+    """A linear model on 8 rows in batches of 2; ``nan_at``: the batch whose loss is NaN."""
+
+    def __init__(self, nan_at: int | None = None):
+        super().__init__()
+        self.lin, self.nan_at = torch.nn.Linear(4, 4), nan_at
+
+    def training_step(self, batch, i):
+        loss = self.lin(batch[0]).float().pow(2).mean()
+        return loss * float("nan") if i == self.nan_at else loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        from torch.utils.data import DataLoader, TensorDataset
+
+        return DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=2)
+
+
+def _fit(module, callbacks, **kw):
+    import lightning as L
+
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kw,
+    )
+    trainer.fit(module)
+    return trainer
+
+
+def test_fp16_gradient_overflows_are_left_to_the_grad_scaler():
+    """Under trainer.precision=16-mixed the unscaled gradients of a step overflow now and then; GradScaler
+    skips that step and lowers its scale. FiniteCheck had stopped the run at the first one."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from callbacks.finite import FiniteCheck
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # overflows fp16 at once
+    check = FiniteCheck()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _fit(_Tiny(), [check], plugins=[MixedPrecision("16-mixed", "cpu", scaler)])
+    assert scaler.get_scale() < 2.0**40 and check.skipped == 0
+
+
+def test_a_nan_micro_batch_loss_is_named_as_the_loss_under_gradient_accumulation():
+    """The NaN loss of a step's first micro-batch was reported as a non-finite gradient, beside the last
+    micro-batch's finite loss."""
+    from callbacks.finite import FiniteCheck
+
+    with (
+        warnings.catch_warnings(),
+        pytest.raises(FloatingPointError, match=r"non-finite loss at step 0 .*loss nan"),
+    ):
+        warnings.simplefilter("ignore")
+        _fit(_Tiny(nan_at=0), [FiniteCheck()], accumulate_grad_batches=2)
+    check = FiniteCheck(on_nonfinite="skip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _fit(_Tiny(nan_at=0), [check], accumulate_grad_batches=2)
+    assert check.skipped == 1  # only the step that held the NaN micro-batch
+
+
+def test_a_lock_left_by_a_run_on_another_host_says_how_to_take_it_over(tmp_path):
+    """A SLURM job killed on another node leaves its lock naming that node; a lock cannot tell whether that
+    run lives, so the run is refused, and told to delete the lock if that run is gone (it was told to wait)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK).write_text("node017 4242")
+    with pytest.raises(RuntimeError, match=rf"node017 4242.*if that run is gone .* delete {run / LOCK}"):
+        with hold_run_dir(run):
+            pass
+    (run / LOCK).unlink()
+    with hold_run_dir(run):
+        pass

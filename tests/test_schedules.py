@@ -55,8 +55,19 @@ def test_steps_per_iteration():
     assert steps_per_iteration(10, 4) == 3  # the last batch is short
     assert steps_per_iteration(5, 2, 2, [0, 1]) == 1  # 3 prompts per rank: 2 batches, one step
     assert steps_per_iteration(8, 2, 1, 2, num_nodes=2) == 1
-    with pytest.raises(ValueError, match="trainer.devices='auto' is not a count"):
-        steps_per_iteration(8, 2, 1, "auto")
+    # "auto" and -1 count the ranks as Lightning does (every GPU, or 1 process on CPU); -1 gave -8 steps
+    assert steps_per_iteration(64, 8, 1, -1, accelerator="cpu") == 8
+    assert steps_per_iteration(64, 8, 1, "auto", accelerator="cpu") == 8
+    with pytest.raises(ValueError, match="trainer.devices=True is not a count"):
+        steps_per_iteration(8, 2, 1, True)
+
+
+def test_steps_per_iteration_counts_every_gpu_for_minus_one(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert steps_per_iteration(64, 8, 1, -1, accelerator="gpu") == 2
+    assert steps_per_iteration(64, 8, 1, "auto") == 2
+    assert steps_per_iteration(64, 8, 1, -1, accelerator="cpu") == 8
 
 
 def test_a_restored_optimizer_takes_the_configured_settings_and_keeps_its_place_in_the_schedule():
