@@ -6,7 +6,8 @@ the same second shared one and corrupted each other's metrics. :func:`run_name` 
 cannot share a random draw, so they keep the bare time stamp and are told to set ``hydra.run.dir`` (as the
 README's several-machines section says). :func:`hold_run_dir` is the guard behind it: the launch's first
 process holds ``<run>/.lock`` while it runs, and a second live run that is pointed at the same directory
-(``hydra.run.dir=...``) is refused before it writes anything. A lock left by a killed run (the kernel freed
+(``hydra.run.dir=...``) is refused before it writes anything (Hydra's own record of the job,
+``.hydra/``, is written after the hold: :func:`save_job_record`). A lock left by a killed run (the kernel freed
 its ``flock``) is taken over, which is how a crashed run is resumed in place.
 """
 
@@ -65,6 +66,24 @@ def hold_run_dir(run: Path) -> Iterator[None]:
     finally:
         lock.unlink(missing_ok=True)  # still held: a run waiting to open it finds the file gone, and retries
         os.close(fd)
+
+
+def save_job_record(run: Path, cfg) -> None:
+    """Hydra's record of the job in ``<run>/.hydra/`` (``config.yaml``, ``hydra.yaml``, ``overrides.yaml``),
+    written by the launch's first process once it holds ``run`` and ``run`` is checked. Hydra itself would
+    write them before the task starts, over a live or earlier run's own, and the run would then be refused:
+    ``hydra.output_subdir`` is null in ``conf/hydra/default.yaml``. Nothing outside a Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized() or not _first_process():
+        return
+    folder = run / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    hydra = HydraConfig.instance().cfg
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])  # unresolved, as Hydra writes it
+    for name, node in (("config", task), ("hydra", hydra), ("overrides", hydra.hydra.overrides.task)):
+        (folder / f"{name}.yaml").write_text(OmegaConf.to_yaml(node))
 
 
 def _locked_fd(lock: Path, run: Path) -> tuple[int, bool]:

@@ -22,7 +22,7 @@ from sppo_pl.checkpoint import (
 from sppo_pl.config import check_config, check_model_dir
 from sppo_pl.loggers import finish_runs, log_config
 from sppo_pl.report import markdown_table
-from sppo_pl.rundir import hold_run_dir
+from sppo_pl.rundir import hold_run_dir, save_job_record
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ def train(cfg: DictConfig) -> float | None:
         ckpt = resolve_ckpt(cfg.get("ckpt_path")) or requeued_ckpt(out)
         if ckpt is None:
             refuse_earlier_run(out)
+        save_job_record(out, cfg)
         (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         module, datamodule, trainer = build(cfg, ckpt)
         log_config(trainer.loggers, cfg)

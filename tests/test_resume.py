@@ -453,3 +453,22 @@ def test_a_lock_left_by_a_run_on_another_host_says_how_to_take_it_over(tmp_path)
     (run / LOCK).unlink()
     with hold_run_dir(run):
         pass
+
+
+def test_a_refused_run_leaves_the_other_runs_hydra_record_as_it_was(tmp_path):
+    """Hydra wrote .hydra/config.yaml, hydra.yaml and overrides.yaml before the task started, so a run then
+    refused (a live run holds the directory, or it holds an earlier run's checkpoints) had already replaced
+    that run's record; train() writes it once the directory is held and checked."""
+    from tests.test_train_cli import run_train
+
+    run = tmp_path / "run"
+    fake_ckpt(run / "checkpoints" / "epoch_00.ckpt", 2)
+    record = run / ".hydra" / "overrides.yaml"
+    record.parent.mkdir()
+    record.write_text("- loss.eta=7\n")
+    proc = run_train(tmp_path, "experiment=smoke", f"hydra.run.dir={run}", "loss.eta=9", returncode=1)
+    assert "holds an earlier run's checkpoints" in proc.stderr
+    with hold_run_dir(run):  # a live run
+        proc = run_train(tmp_path, "experiment=smoke", f"hydra.run.dir={run}", "loss.eta=9", returncode=1)
+    assert "is held by a live run" in proc.stderr
+    assert record.read_text() == "- loss.eta=7\n" and not (run / ".hydra" / "config.yaml").exists()
