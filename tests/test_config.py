@@ -292,3 +292,11 @@ def test_every_data_source_takes_max_val_prompts(tmp_path):
             "max_val_prompts"
             in make_cfg(tmp_path, [f"data={name}", *extra, "data.max_val_prompts=null"]).data
         )
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_every_data_source_takes_a_system_prompt_and_fields(tmp_path, name):
+    """The README's data.system_prompt and data.fields were keys of data=arithmetic and data=math only;
+    elsewhere Hydra refused them ("Key 'system_prompt' is not in struct")."""
+    cfg = make_cfg(tmp_path, [f"data={name}", "data.system_prompt=Be brief.", "data.fields=[]"])
+    assert cfg.data.system_prompt == "Be brief." and list(cfg.data.fields) == []
