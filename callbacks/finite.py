@@ -31,9 +31,8 @@ class FiniteCheck(L.Callback):
             )
         self.on_nonfinite = on_nonfinite
         self.skipped = 0
-        self._loss: torch.Tensor | None = (
-            None  # the loss shown: the step's first non-finite one, else its last
-        )
+        # the loss shown: the step's first non-finite micro-batch loss, else its last
+        self._loss: torch.Tensor | None = None
         self._loss_ok = True  # every micro-batch loss of the coming optimizer step was finite
 
     def state_dict(self) -> dict:

@@ -132,7 +132,7 @@ def _newest_in_run(run: Path) -> Path:
         problems.append(f"{last} points to {os.readlink(last)}, which no longer exists")
     intact = []
     for c in sorted(folder.iterdir()):
-        if c.name == "last.ckpt" or _TMP in c.name or not (c.suffix == ".ckpt" or (c / "meta.pt").exists()):
+        if c.name == "last.ckpt" or not _is_checkpoint(c):
             continue
         try:
             intact.append((read_checkpoint(c)["global_step"], c.stat().st_mtime, c))
@@ -150,6 +150,11 @@ def _newest_in_run(run: Path) -> Path:
             newest,
         )
     return newest
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """A checkpoint's name in a run's ``checkpoints/``: a ``.ckpt`` file or a sharded folder, not a temp file."""
+    return _TMP not in path.name and (path.suffix == ".ckpt" or (path / "meta.pt").exists())
 
 
 def requeued_ckpt(run: Path) -> str | None:
@@ -177,11 +182,7 @@ def refuse_earlier_run(run: Path) -> None:
     write its own over them (the checkpoint names, ``last.ckpt``, the rollouts and ``hf_model/`` are the same
     for every run). ``FileExistsError`` naming them and the way to resume."""
     folder = run / "checkpoints"
-    found = sorted(
-        c.name
-        for c in (folder.iterdir() if folder.is_dir() else [])
-        if _TMP not in c.name and (c.suffix == ".ckpt" or (c / "meta.pt").exists())
-    )
+    found = sorted(c.name for c in (folder.iterdir() if folder.is_dir() else []) if _is_checkpoint(c))
     if found:
         shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
         raise FileExistsError(

@@ -77,8 +77,8 @@ def train(cfg: DictConfig) -> float | None:
 
     The run directory is held for this run alone (:func:`sppo_pl.rundir.hold_run_dir`) and ``ckpt_path`` is
     checked before anything loads; without one, a SLURM requeue's checkpoint is resumed, and a directory that
-    holds another run's checkpoints is refused. A run stopped by SIGTERM (a scheduler's pre-emption) exits 143 after its
-    last finished iteration's checkpoint, and says how to resume; nothing is exported then.
+    holds another run's checkpoints is refused. A run stopped by SIGTERM (a scheduler's pre-emption) exits 143
+    after its last finished iteration's checkpoint, and says how to resume; nothing is exported then.
     """
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -176,18 +176,11 @@ def test_a_slurm_requeue_resumes_from_its_hpc_checkpoint_without_validating_it_a
     as iteration 0 a second time) and ends as an uninterrupted run."""
     import shutil
 
+    from tests.test_resume import SLURM
+
     run = tmp_path / "run"
     run_train(tmp_path, *SMOKE, f"hydra.run.dir={run}", *fault("KillAt", step=STEP), returncode=-9)
     shutil.copy(run / "checkpoints" / "epoch_00.ckpt", run / "hpc_ckpt_1.ckpt")  # what the requeue saved
-    slurm = {
-        "SLURM_NTASKS": "1",
-        "SLURM_JOB_NAME": "sppo",
-        "SLURM_JOB_ID": "7",
-        "SLURM_PROCID": "0",
-        "SLURM_LOCALID": "0",
-        "SLURM_NODEID": "0",
-        "SLURM_NODELIST": "localhost",
-    }
-    proc = run_train(tmp_path, *SMOKE, f"hydra.run.dir={run}", extra_env=slurm)
+    proc = run_train(tmp_path, *SMOKE, f"hydra.run.dir={run}", extra_env=SLURM)
     assert f"SLURM requeue: resuming from {run / 'hpc_ckpt_1.ckpt'}" in proc.stdout + proc.stderr
     assert_same_end_and_history(run, reference)

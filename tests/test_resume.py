@@ -351,7 +351,16 @@ def test_a_new_run_in_a_directory_with_an_earlier_runs_checkpoints_is_refused(tm
     refuse_earlier_run(tmp_path / "new")
 
 
-SLURM = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "sppo", "SLURM_JOB_ID": "7", "SLURM_PROCID": "0"}
+# the variables of a one-task SLURM job (Lightning's SLURMEnvironment detects it and reads its rank from them)
+SLURM = {
+    "SLURM_NTASKS": "1",
+    "SLURM_JOB_NAME": "sppo",
+    "SLURM_JOB_ID": "7",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_NODELIST": "localhost",
+}
 
 
 def test_a_slurm_requeue_resumes_from_lightnings_newest_hpc_checkpoint(tmp_path, monkeypatch):

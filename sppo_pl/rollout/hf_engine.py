@@ -68,9 +68,10 @@ class HFEngine:
         was_training = model.training
         model.eval()
         out: list[Generation] = []
+        devices = rng_devices(next(model.parameters()).device)
         try:
             for s in tqdm(range(0, len(prompt_ids), self.batch_size), desc="hf generate", leave=False):
-                with torch.random.fork_rng(devices=rng_devices(_device_of(model))):
+                with torch.random.fork_rng(devices=devices):
                     if seeds is not None:
                         torch.manual_seed(seeds[s])
                     batch = prompt_ids[s : s + self.batch_size]
@@ -163,7 +164,3 @@ def rng_devices(device: torch.device) -> list[int]:
     if device.type != "cuda":
         return []
     return [device.index if device.index is not None else torch.cuda.current_device()]
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
