@@ -32,6 +32,7 @@ from sppo_pl.rewards.oracle import oracle_from_config
 from sppo_pl.rollout.base import SamplingConfig, check_sampling, is_whole, request_seeds
 
 log = logging.getLogger(__name__)
+RUN_CONFIG = "config_resolved.yaml"
 ARCH_KEYS = ("architectures", "hidden_size", "num_hidden_layers", "vocab_size", "num_attention_heads")
 
 
@@ -42,6 +43,7 @@ class Policy:
     path: Path
     is_checkpoint: bool
     start_model: str | None
+    run_dir: Path | None = None  # the training run it came from (its config_resolved.yaml), if any
 
     def weights(self, dtype: str) -> torch.nn.Module:
         from sppo_pl.export import load_policy_from_checkpoint
@@ -62,17 +64,23 @@ def resolve_policy(path: str, start: str | None = None) -> Policy:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"policy={path} does not exist")
-    if (p / "config.json").exists():
-        return Policy(p, False, run_start_model(p.parent))
-    if (p / "hf_model" / "config.json").exists():
-        return Policy(p / "hf_model", False, run_start_model(p))
+    if (p / "config.json").exists() or (p / "hf_model" / "config.json").exists():
+        hf, run = (p if (p / "config.json").exists() else p / "hf_model"), run_dir_of(p)
+        return Policy(hf, False, run_start_model(run), run)
     if p.is_dir() and not (p / "checkpoints").is_dir() and not (p / "meta.pt").exists():
         raise FileNotFoundError(
             f"policy={path} is neither a Hugging Face model directory (config.json), a run directory "
             "(hf_model/ or checkpoints/) nor a checkpoint"
         )
     ckpt = Path(resolve_ckpt(path))  # a run directory's last.ckpt, else its newest intact checkpoint
-    return Policy(ckpt, True, str(start) if start else checkpoint_model_path(ckpt))
+    start = str(start) if start else checkpoint_model_path(ckpt)
+    return Policy(ckpt, True, start, run_dir_of(ckpt))
+
+
+def run_dir_of(path: Path) -> Path | None:
+    """The training run a policy comes from: ``path`` itself, its parent (``<run>/hf_model``) or grandparent
+    (``<run>/checkpoints/last.ckpt``), whichever holds a ``config_resolved.yaml``; None for none."""
+    return next((d for d in (path, path.parent, path.parent.parent) if (d / RUN_CONFIG).exists()), None)
 
 
 def start_model(cfg: DictConfig, policy: Policy | None) -> tuple[str | None, bool]:
@@ -87,12 +95,39 @@ def start_model(cfg: DictConfig, policy: Policy | None) -> tuple[str | None, boo
     return str(cfg.model.path), True
 
 
-def run_start_model(run_dir: Path) -> str | None:
+def run_start_model(run_dir: Path | None) -> str | None:
     """The ``model.path`` a training run started from, read from its ``config_resolved.yaml``."""
-    cfg_file = run_dir / "config_resolved.yaml"
-    if not cfg_file.exists():
+    if run_dir is None or not (run_dir / RUN_CONFIG).exists():
         return None
-    return OmegaConf.select(OmegaConf.load(cfg_file), "model.path")
+    return OmegaConf.select(OmegaConf.load(run_dir / RUN_CONFIG), "model.path")
+
+
+def check_run_data(data: DictConfig, run_dir: Path | None) -> None:
+    """The test split evaluated must be the one the run held out from its training. A run whose
+    ``data.dataset`` has the same loader but other settings (another split seed, size or file) is refused,
+    each differing key named with the run's value: its test rows could be prompts it trained on."""
+    if run_dir is None:
+        return
+    theirs = OmegaConf.select(OmegaConf.load(run_dir / RUN_CONFIG), "data.dataset")
+    ours = OmegaConf.to_container(data.dataset, resolve=True) if "dataset" in data else None
+    if theirs is None or ours is None:
+        return
+    theirs = OmegaConf.to_container(theirs)
+    if theirs.get("_target_") != ours.get("_target_"):
+        return  # another dataset: nothing of it was trained on
+    differ = {k: theirs.get(k) for k in sorted(theirs.keys() | ours.keys()) if theirs.get(k) != ours.get(k)}
+    if differ:
+        given = {k: ours.get(k) for k in differ}
+        fix = " ".join(f"data.dataset.{k}={override_value(v)}" for k, v in differ.items())
+        raise ValueError(
+            f"the run {run_dir} held out its test split with data.dataset {differ}, but this evaluation "
+            f"has {given}: its test rows could be prompts the policy trained on; evaluate with {fix}"
+        )
+
+
+def override_value(v) -> str:
+    """A value as a Hydra command-line override writes it: strings bare, the rest as JSON (null, [1,2])."""
+    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
 
 
 def check_same_architecture(start: str, policy: str) -> None:
@@ -187,6 +222,7 @@ def evaluate(cfg: DictConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     policy = resolve_policy(cfg.policy, cfg.get("start_model")) if cfg.get("policy") else None
     start, from_model_path = start_model(cfg, policy)
+    check_run_data(cfg.data, policy and policy.run_dir)
     prepare(cfg, model=from_model_path)  # model.prepare only when model.path is evaluated
     oracle = oracle_from_config(cfg.reward)  # the oracle alone: no Lightning callback
     check_pass_at_oracle(ev.pass_at, oracle)
@@ -206,6 +242,7 @@ def evaluate(cfg: DictConfig) -> dict:
     results = {
         **paths,
         "reward": f"{type(oracle).__module__}.{type(oracle).__qualname__}",
+        "data": OmegaConf.to_container(cfg.data.dataset, resolve=True) if "dataset" in cfg.data else None,
         "n_prompts": len(prompts),
         "samples": ev.samples,
         "metrics": metrics,

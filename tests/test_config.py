@@ -300,3 +300,14 @@ def test_every_data_source_takes_a_system_prompt_and_fields(tmp_path, name):
     elsewhere Hydra refused them ("Key 'system_prompt' is not in struct")."""
     cfg = make_cfg(tmp_path, [f"data={name}", "data.system_prompt=Be brief.", "data.fields=[]"])
     assert cfg.data.system_prompt == "Be brief." and list(cfg.data.fields) == []
+
+
+@pytest.mark.parametrize("data", options("data"))
+def test_the_held_out_split_is_the_same_for_every_seed(tmp_path, data):
+    """A seed sweep validates every run on the same test rows, and ``python -m sppo_pl.eval`` (default seed)
+    finds a run's held-out split again: ``data.dataset`` does not follow the run's ``seed``."""
+    from omegaconf import OmegaConf
+
+    extra = ["data.dataset.train=p.jsonl"] if data == "local" else []
+    a, b = (make_cfg(tmp_path, [f"data={data}", f"seed={s}", *extra]).data.dataset for s in (0, 7))
+    assert OmegaConf.to_container(a, resolve=True) == OmegaConf.to_container(b, resolve=True)

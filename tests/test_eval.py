@@ -106,6 +106,9 @@ def test_policy_may_be_a_hf_dir_a_run_dir_or_a_checkpoint(tmp_path):
     for given in (tmp_path / "bare_run", ckpt):
         got = resolve_policy(str(given))
         assert (got.path, got.is_checkpoint, got.start_model) == (ckpt, True, "/models/start")
+        assert got.run_dir is None  # no config_resolved.yaml
+    (tmp_path / "bare_run" / "config_resolved.yaml").write_text("model:\n  path: /models/base\n")
+    assert resolve_policy(str(ckpt)).run_dir == tmp_path / "bare_run"
     with pytest.raises(FileNotFoundError, match="neither a Hugging Face model directory"):
         resolve_policy(str(tmp_path / "bare_run" / "checkpoints"))
     ckpt.rename(
@@ -115,6 +118,34 @@ def test_policy_may_be_a_hf_dir_a_run_dir_or_a_checkpoint(tmp_path):
     assert (got.path, got.is_checkpoint) == (ckpt.with_name("epoch_01.ckpt"), True)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         resolve_policy(str(tmp_path / "nowhere"))
+
+
+def test_a_run_evaluated_on_another_held_out_split_is_refused(tmp_path):
+    """A run's config_resolved.yaml says how its test split was held out; an evaluation whose data.dataset
+    (same loader) differs, e.g. another split seed or size, would score prompts the policy trained on."""
+    from omegaconf import OmegaConf
+
+    from sppo_pl.eval import check_run_data
+
+    run = tmp_path / "run"
+    _hf_dir(run / "hf_model")
+    dataset = {"_target_": "sppo_pl.data.local.local_splits", "train": "p.jsonl", "test_size": 64, "seed": 3}
+    OmegaConf.save({"model": {"path": "/m"}, "data": {"dataset": dataset}}, run / "config_resolved.yaml")
+    policy = resolve_policy(str(run / "hf_model"))
+    assert policy.run_dir == run == resolve_policy(str(run)).run_dir
+
+    def data(**changes):
+        return OmegaConf.create({"dataset": dataset | changes})
+
+    check_run_data(data(), policy.run_dir)  # the same split
+    check_run_data(data(_target_="sppo_pl.data.gsm8k.gsm8k_splits"), policy.run_dir)  # another dataset
+    check_run_data(data(seed=0), None)  # a bare model directory: nothing to compare
+    with pytest.raises(
+        ValueError,
+        match=r"data.dataset \{'seed': 3, 'test_size': 64\}.*has \{'seed': 0, "
+        r"'test_size': 20\}.*evaluate with data.dataset.seed=3 data.dataset.test_size=64",
+    ):
+        check_run_data(data(seed=0, test_size=20), policy.run_dir)
 
 
 def test_a_policy_of_another_architecture_is_refused_for_the_win_rate(tmp_path):
