@@ -55,13 +55,19 @@ def best_worst_pairs(
 
 
 def _output(losses: Tensor, log_ratio: Tensor, target: Tensor, weight: Tensor | None = None) -> LossOutput:
-    """Mean of `losses` (optionally only where `weight` is 1) plus detached statistics."""
+    """Mean of `losses` over the batch, plus detached statistics.
+
+    losses, log_ratio, target, weight: [B] or [B, K]. A term whose `weight` is 0 adds 0 to the loss but
+    still counts in its denominator, the batch size: every term weighs 1/B whatever else its batch holds,
+    so a batch split over ranks or accumulation steps trains alike (averaging over the weighted terms alone
+    would scale a batch's few informative pairs up). The statistics average the weighted terms.
+    """
     if weight is None:
         loss = losses.mean()
         lr, tg = log_ratio.detach().mean(), target.detach().mean()
     else:
+        loss = (losses * weight).mean()
         n = weight.sum().clamp(min=1)
-        loss = (losses * weight).sum() / n
         lr, tg = (log_ratio.detach() * weight).sum() / n, (target.detach() * weight).sum() / n
     return LossOutput(loss=loss, losses=losses.detach(), log_ratio=lr, target=tg)
 
@@ -138,7 +144,7 @@ class SPPOHardLoss(SPPOLoss):
 
     loss_b = (lw - eta/2)^2 + (ll + eta/2)^2    (TRL writes it with beta = 1/eta:
     (a - 1/(2 beta))^2 + (b + 1/(2 beta))^2 with a, b the chosen / rejected log-ratios).
-    Prompts whose K samples all tie carry no preference and are left out of the mean.
+    Prompts whose K samples all tie carry no preference: they add 0 to the mean over the batch.
     """
 
     def forward(self, policy_logps: Tensor, ref_logps: Tensor, p_hat: Tensor, scores: Tensor) -> LossOutput:
@@ -204,7 +210,7 @@ class DPOLoss(nn.Module):
     """Iterative DPO on the best-vs-worst pair of each prompt's K samples (Rafailov et al. 2023, eq. 7).
 
     loss_b = -log sigmoid(beta * (lw - ll)); the baseline SPPO is compared with in the paper.
-    Prompts whose K samples all tie carry no preference and are left out of the mean.
+    Prompts whose K samples all tie carry no preference: they add 0 to the mean over the batch.
     """
 
     requires_pairs = True

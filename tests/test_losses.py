@@ -192,13 +192,33 @@ def test_ties_carry_no_preference(loss_fn):
     assert out.log_ratio.item() == 0.0
 
 
-def test_tied_prompt_is_left_out_of_the_mean():
-    # row 0 all tie (masked), row 1 as in the shared case: the mean is row 1's loss alone
+def test_tied_prompt_adds_nothing_but_counts_in_the_mean():
+    # row 0 all tie (adds 0), row 1 as in the shared case: the mean over B = 2 is half row 1's loss
     win = [[0.5, 0.5, 0.5], WIN[1]]
-    out, _ = run(SPPOHardLoss(eta=4), win=win)
-    assert out.loss.item() == pytest.approx(13.0)  # (-1 - 2)^2 + (0 + 2)^2
+    out, grad = run(SPPOHardLoss(eta=4), win=win)
+    assert out.loss.item() == pytest.approx(13.0 / 2)  # ((-1 - 2)^2 + (0 + 2)^2) / 2
+    assert grad[0].abs().sum().item() == 0.0  # the tied prompt gets no gradient
+    assert out.log_ratio.item() == pytest.approx(-0.5)  # statistics: row 1 alone, (lw + ll) / 2
     out, _ = run(DPOLoss(beta=0.1), win=win)
-    assert out.loss.item() == pytest.approx(0.7443967, abs=1e-6)  # log(1 + e^0.1)
+    assert out.loss.item() == pytest.approx(0.7443967 / 2, abs=1e-6)  # log(1 + e^0.1) / 2
+
+
+@pytest.mark.parametrize("loss_fn", [DPOLoss(beta=0.1), SPPOHardLoss(eta=4)], ids=["dpo", "sppo_hard"])
+def test_a_batch_with_ties_trains_alike_split_in_halves(loss_fn):
+    # 4 prompts, the first tied: one batch, or two halves averaged (2 ranks, or 2 accumulation steps)
+    torch.manual_seed(0)
+    policy, ref = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    win = torch.tensor([[0.5] * 3, WIN[0], WIN[1], WIN[0]], dtype=torch.float64)
+
+    def grad(rows: slice) -> torch.Tensor:
+        logps = policy.clone().requires_grad_(True)
+        loss_fn(logps[rows], ref[rows], win[rows], win[rows]).loss.backward()
+        return logps.grad
+
+    whole = grad(slice(0, 4))
+    halves = (grad(slice(0, 2)) + grad(slice(2, 4))) / 2
+    assert whole.abs().sum() > 0
+    torch.testing.assert_close(halves, whole)
 
 
 @pytest.mark.parametrize("cls", [SPPOLoss, SPPOPairLoss, SPPOSingleLoss, SPPOHardLoss, SPPOSoftMeanLoss])
