@@ -189,3 +189,18 @@ def test_after_sleep_wake_and_sync_the_engine_is_the_policy_at_every_level(tiny_
         engine.wake_up(["kv_cache"])
         want = [g.token_ids for g in hf.generate(prompt_ids, GREEDY)]
         assert [g.token_ids for g in engine.generate(prompt_ids, GREEDY)] == want, level
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU engine's KV cache size")
+def test_each_cpu_engine_gets_its_own_kv_cache_size(tiny_model_dir, monkeypatch):
+    from sppo_pl.rollout.vllm_engine import VLLMEngine, cpu_kv_cache_bytes
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE")  # conftest caps the tests' engines with it
+    sizes = []
+    for gib in (0.25, 0.5):  # fractions count; the second engine is not held to the first one's size
+        engine = VLLMEngine(str(tiny_model_dir), max_model_len=256, use_tqdm=False, cpu_kv_cache_gb=gib)
+        sizes.append(engine.llm.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes)
+        engine.close()
+    assert sizes == [1 << 28, 1 << 29]
+    with pytest.raises(ValueError, match="rollout.engine.cpu_kv_cache_gb"):
+        cpu_kv_cache_bytes(0)

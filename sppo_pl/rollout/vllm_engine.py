@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from sppo_pl.rollout.base import Generation, PeerEngine, SamplingConfig
+from sppo_pl.rollout.base import Generation, PeerEngine, SamplingConfig, positive_number
 
 SLEEP_LEVELS = (0, 1, 2)
 
@@ -56,7 +56,7 @@ class VLLMEngine:
         check_sleep_level(sleep_level, on_cpu)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         if on_cpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, cpu_kv_cache_gb))))
+            llm_kwargs.setdefault("kv_cache_memory_bytes", cpu_kv_cache_bytes(cpu_kv_cache_gb))
         from vllm import LLM  # lazy: heavy, optional
 
         quiet_expected_reload_warnings(model_path)
@@ -174,6 +174,20 @@ class VLLMEngine:
             torch.cuda.empty_cache()
             self.llm.wake_up(tags=wanted)
             self.asleep -= set(wanted)
+
+
+def cpu_kv_cache_bytes(gib: float) -> int:
+    """The CPU engine's KV cache, ``rollout.engine.cpu_kv_cache_gb`` GiB, in bytes (vLLM's
+    ``kv_cache_memory_bytes``; fractions of a GiB count). vLLM's own ``VLLM_CPU_KVCACHE_SPACE`` (whole GiB),
+    where set, overrides it, as vLLM reads it last; sppo-pl never sets that variable, so every engine of a
+    process gets its own size."""
+    gib = positive_number(gib, "rollout.engine.cpu_kv_cache_gb")
+    override = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "")
+    if override and override != f"{gib:g}":
+        logging.getLogger(__name__).info(
+            "VLLM_CPU_KVCACHE_SPACE=%s (GiB) overrides rollout.engine.cpu_kv_cache_gb=%s", override, gib
+        )
+    return int(gib * (1 << 30))
 
 
 def check_sleep_level(level: int, on_cpu: bool, key: str = "rollout.engine.sleep_level") -> None:
