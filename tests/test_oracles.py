@@ -485,16 +485,18 @@ def test_a_long_reward_input_keeps_the_prompt_and_closing_tokens_and_cuts_the_re
         reward_input_ids(tok, prompt, response, 8)
 
 
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    """A tiny BERT classifier: learned absolute positions, only 48 of them."""
-    from transformers import BertConfig, BertForSequenceClassification
+@pytest.fixture(scope="module", params=["bert", "roberta"])
+def short_position_classifier(request, tmp_path_factory):
+    """A tiny classifier with learned absolute positions, only 48 of them, and the longest input it takes:
+    BERT 48; RoBERTa 47 with pad id 0, as its positions start after the pad id (1 .. 47)."""
+    import transformers
 
     from sppo_pl.utils.tiny_model import build_tokenizer
 
-    out = tmp_path_factory.mktemp("models") / "tiny-bert"
+    out = tmp_path_factory.mktemp("models") / f"tiny-{request.param}"
     tok = build_tokenizer()
-    config = BertConfig(
+    name = {"bert": "Bert", "roberta": "Roberta"}[request.param]
+    config = getattr(transformers, f"{name}Config")(
         vocab_size=len(tok),
         hidden_size=32,
         num_hidden_layers=1,
@@ -505,21 +507,22 @@ def bert_dir(tmp_path_factory):
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(out)
+    getattr(transformers, f"{name}ForSequenceClassification")(config).save_pretrained(out)
     tok.save_pretrained(out)
-    return out
+    return out, 48 if request.param == "bert" else 47
 
 
-def test_inputs_are_cut_to_the_models_learned_positions(bert_dir, caplog):
+def test_inputs_are_cut_to_the_models_learned_positions(short_position_classifier, caplog):
     """A reward model with max_length 2048 and a pairwise model with 512-token budgets over a 48-position
     model: each input is cut to fit (the reward model's with a warning) instead of failing in the model."""
+    path, limit = short_position_classifier
     long = " ".join(["four"] * 100)
     r = rollout("What is 2 + 2?", [long, "4", long + " five"])
     with caplog.at_level("WARNING"):
-        score_rollouts(RewardModelOracle(str(bert_dir)), [r])
-    assert "reward.oracle.max_length=2048, but" in caplog.text and "takes 48 positions" in caplog.text
+        score_rollouts(RewardModelOracle(str(path)), [r])
+    assert "reward.oracle.max_length=2048, but" in caplog.text and f"takes {limit} positions" in caplog.text
     r = rollout("What is 2 + 2?", [long, "4", long + " five"])
-    score_rollouts(PairwiseOracle(str(bert_dir)), [r])
+    score_rollouts(PairwiseOracle(str(path)), [r])
     assert all(0.0 < p < 1.0 for p in r.p_hat)
 
 

@@ -49,10 +49,18 @@ def check_tokens(field: str, value, least: int = 1) -> None:
 
 def position_limit(model) -> int | None:
     """The longest input the model's learned absolute positions take (``max_position_embeddings``), or None
-    when it has none: DeBERTa's relative positions (``position_biased_input=false``, PairRM) take any length."""
+    when it has none: DeBERTa's relative positions (``position_biased_input=false``, PairRM) take any length.
+
+    The RoBERTa family (RoBERTa, XLM-R, Longformer, ...) numbers positions from ``pad_token_id + 1``, its
+    position table's ``padding_idx``: it takes ``max_position_embeddings - pad_token_id - 1`` tokens (512 of
+    roberta-base's 514)."""
     config = model.config
     if getattr(config, "position_biased_input", True) is False:
         return None
+    embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    if isinstance(table, torch.nn.Embedding) and table.padding_idx is not None:
+        return table.num_embeddings - table.padding_idx - 1
     return getattr(config, "max_position_embeddings", None)
 
 
