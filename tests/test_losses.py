@@ -288,3 +288,17 @@ def test_loss_parameters_are_finite_numbers_above_zero_named(bad):
         DPOLoss(beta=bad)
     with pytest.raises(ValueError, match=r"loss.eta must be a finite number > 0, got"):
         SPPOLoss(eta=bad)
+
+
+@pytest.mark.parametrize("include_self", [True, False])
+def test_sppo_targets_of_a_prompt_sum_to_zero(include_self):
+    """What the README says of train/target: with P_hat from a preference matrix (P_ij + P_ji = 1), a prompt's K
+    targets eta (P_hat_k - 1/2) sum to 0, whichever the oracle; the pair losses' mean target moves."""
+    from sppo_pl.rewards.preference import p_hat
+
+    torch.manual_seed(1)
+    scores = torch.randn(3, 4, dtype=torch.float64)
+    win = p_hat(bradley_terry(scores, 2.0), include_self=include_self)
+    policy, ref = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    assert SPPOLoss(eta=4)(policy, ref, win, scores).target.abs().item() < 1e-12
+    assert SPPOPairLoss(eta=4)(policy, ref, win, scores).target.abs().item() > 1e-3
