@@ -3,6 +3,8 @@ malformed file or row gives (file, row and field named)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from sppo_pl.data.common import SOURCE_COLUMNS
@@ -157,3 +159,16 @@ def test_overlong_prompts_are_dropped_when_asked(tiny_tokenizer):
     assert [p["prompt"] for p in dm.train_prompts] == ["short?"]
     with pytest.raises(ValueError, match="data.drop_overlong=true drops such rows"):
         SPPODataModule(ds, tokenizer=tiny_tokenizer, answer_key=None, max_prompt_len=64).setup("fit")
+
+
+def test_a_prompt_the_held_out_split_holds_is_not_trained_on(tmp_path, caplog):
+    """A local file that repeats its prompts: the rows of a held-out prompt leave the training split."""
+    path = tmp_path / "twice.jsonl"
+    rows = [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(10)] * 2
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level("WARNING"):
+        ds = local_splits(str(path), test_size=4, seed=0)
+    test = set(ds["test"]["prompt"])
+    assert len(ds["test"]) == 4 and not test & set(ds["train"]["prompt"])
+    assert len(ds["train"]) == 20 - 2 * len(test)  # both rows of each held-out prompt left training
+    assert "repeat a prompt of the held-out test split" in caplog.text

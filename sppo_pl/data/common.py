@@ -9,6 +9,7 @@ later checks name the file's row, not the row of the split a seeded test split l
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,7 +233,28 @@ def with_test_split(ds: DatasetDict, test_split: str, test_size: int, seed: int)
             f"data.dataset.test_size={test_size} must be in [1, {len(ds['train'])}) to hold out a test split"
         )
     parts = ds["train"].train_test_split(test_size=test_size, seed=seed, shuffle=True)
-    return DatasetDict(train=parts["train"], test=parts["test"])
+    return DatasetDict(train=without_prompts_of(parts["train"], parts["test"]), test=parts["test"])
+
+
+def _prompt_key(prompt: str | list[dict]) -> str:
+    """A hashable key of a prompt, text or chat messages."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+
+
+def without_prompts_of(train: Dataset, test: Dataset) -> Dataset:
+    """``train`` less its rows whose prompt a ``test`` row holds too: a file that repeats a prompt would
+    otherwise train on some of the prompts it evaluates on. Warns with the number left out."""
+    held_out = {_prompt_key(p) for p in test["prompt"]}
+    keep = [i for i, p in enumerate(train["prompt"]) if _prompt_key(p) not in held_out]
+    if len(keep) == len(train):
+        return train
+    if not keep:
+        raise ValueError("data: every training row repeats a prompt of the held-out test split")
+    logging.getLogger(__name__).warning(
+        "data: %d training rows repeat a prompt of the held-out test split and are left out of training",
+        len(train) - len(keep),
+    )
+    return train.select(keep)
 
 
 def map_splits(ds: DatasetDict, source: str, columns: list[str], row_fn) -> DatasetDict:
