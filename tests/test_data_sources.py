@@ -138,6 +138,21 @@ def test_malformed_local_file_names_file_row_and_field(tmp_path, line, match):
         local_splits(str(path), answer_key="answer" if "answer" in line else None, test_size=1)
 
 
+def test_a_missing_column_names_the_setting_that_picks_it(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"text": "Write a haiku."}\n{"text": "Name a colour."}\n')
+    with pytest.raises(ValueError, match=r"no column 'prompt' .*: set data.dataset.prompt_key=<column>$"):
+        local_splits(str(path), test_size=1)
+    with pytest.raises(
+        ValueError, match=r"no column 'answer' .*answer_key=<column>, or data.dataset.answer_key=null"
+    ):
+        local_splits(str(path), prompt_key="text", test_size=1)
+    assert local_splits(str(path), prompt_key="text", answer_key=None, test_size=1).num_rows == {
+        "train": 1,
+        "test": 1,
+    }
+
+
 def test_missing_or_unknown_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl does not exist"):
         local_splits(str(tmp_path / "nope.jsonl"))

@@ -213,8 +213,17 @@ def check_answer(value: Any, where: str, row: int, field: str) -> str | None:
 
 
 def check_rows(ds: Dataset, where: str, prompt_key: str, answer_key: str | None) -> None:
-    """Every row's prompt and answer, checked (see :func:`check_prompt`, :func:`check_answer`)."""
-    check_columns(ds, where, [prompt_key, *([answer_key] if answer_key else [])])
+    """Every row's prompt and answer, checked (see :func:`check_prompt`, :func:`check_answer`). A missing
+    column is an error naming the setting that picks it."""
+    for key, field, other in (
+        (prompt_key, "prompt_key", ""),
+        (answer_key, "answer_key", ", or data.dataset.answer_key=null for prompts only (a model oracle)"),
+    ):
+        if key and key not in ds.column_names:
+            shown = [c for c in ds.column_names if c not in SOURCE_COLUMNS]
+            raise ValueError(
+                f"data: {where} has no column {key!r} (columns: {shown}): set data.dataset.{field}=<column>{other}"
+            )
     for i, row in enumerate(ds):
         check_prompt(row[prompt_key], where, i, prompt_key)
         if answer_key:
