@@ -485,6 +485,28 @@ def test_a_long_reward_input_keeps_the_prompt_and_closing_tokens_and_cuts_the_re
         reward_input_ids(tok, prompt, response, 8)
 
 
+def test_an_encoder_reward_model_without_a_chat_template_reads_a_text_pair(tmp_path):
+    """[CLS] prompt [SEP] response [SEP], as OpenAssistant's DeBERTa reward models are called
+    (``tokenizer(question, answer)``), also when the response is cut; a tokenizer that does not separate a
+    pair's members (GPT-2, Llama without a template) reads prompt + newline + response."""
+    from transformers import BertTokenizerFast
+
+    from sppo_pl.utils.tiny_model import build_tokenizer
+
+    (tmp_path / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "what", "is", "2", "+", "?", "four"])
+    )
+    tok = BertTokenizerFast(str(tmp_path / "vocab.txt"))
+    prompt, sep = "What is 2 + 2?", tok.sep_token_id
+    assert reward_input_ids(tok, prompt, "four four", 64) == tok(prompt, "four four")["input_ids"]
+    ids = reward_input_ids(tok, prompt, " ".join(["four"] * 20), 12)
+    assert len(ids) == 12 and ids.count(sep) == 2 and ids[-1] == sep
+    assert tok.decode(ids) == "[CLS] what is 2 + 2? [SEP] four four four [SEP]"
+    plain = build_tokenizer()
+    plain.chat_template = None
+    assert plain.decode(reward_input_ids(plain, "What is 2?", "4", 64)) == "What is 2?\n4"
+
+
 @pytest.fixture(scope="module", params=["bert", "roberta"])
 def short_position_classifier(request, tmp_path_factory):
     """A tiny classifier with learned absolute positions, only 48 of them, and the longest input it takes:

@@ -122,12 +122,17 @@ def _reward_text_ids(tokenizer, prompt: str, response: str) -> list[int]:
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         text = tokenizer.apply_chat_template(messages, tokenize=False)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
+    if tokenizer.num_special_tokens_to_add(pair=True) > tokenizer.num_special_tokens_to_add(pair=False):
+        return tokenizer(prompt, response)["input_ids"]  # an encoder's text pair: [CLS] x [SEP] y [SEP]
     return tokenizer(f"{prompt}\n{response}")["input_ids"]
 
 
 def reward_input_ids(tokenizer, prompt: str, response: str, max_length: int) -> list[int]:
     """One (prompt, response) input of a reward model: the chat template of a user turn and an assistant
-    turn if the tokenizer has one, else ``prompt`` + newline + ``response`` with the tokenizer's special tokens.
+    turn if the tokenizer has one; else the text pair (prompt, response) if the tokenizer separates the two
+    members of a pair (BERT, DeBERTa, RoBERTa: ``[CLS] x [SEP] y [SEP]``, as encoder reward models such as
+    OpenAssistant's DeBERTa are trained and called); else ``prompt`` + newline + ``response`` with the
+    tokenizer's special tokens.
 
     Over ``max_length`` tokens, the response's end is cut (as TRL and OpenRLHF truncate reward-model inputs):
     the leading special token, the whole prompt and the template's closing tokens stay, since the model
@@ -309,8 +314,8 @@ class ClassifierOracle(Oracle):
 class RewardModelOracle(ClassifierOracle):
     """Scores s = RM(prompt, response); preferences by Bradley-Terry, P(y_i > y_j) = sigmoid(scale (s_i - s_j)).
 
-    The input is the reward model's own chat template of the user and assistant turns (plain text without
-    one), the response cut to fit ``max_length`` tokens (:func:`reward_input_ids`), and no more than the
+    The input is the reward model's own chat template of the user and assistant turns (without one, an
+    encoder's text pair ``[CLS] x [SEP] y [SEP]``, or plain text), the response cut to fit ``max_length`` tokens (:func:`reward_input_ids`), and no more than the
     model's learned positions (:func:`position_limit`); batches of ``batch_size``, sorted by length.
     """
 
