@@ -42,16 +42,26 @@ def select_strategy(
     devices: int | str | list | None = 1,
     accelerator: str = "auto",
     num_nodes: int = 1,
+    timeout_minutes: float | None = None,
     **kwargs: Any,
 ) -> Any:
     """The strategy ``name`` ("auto", "fsdp", "fsdp1" or "ddp") for ``devices``; "auto" on one device.
 
-    "auto" on several devices means "fsdp". ``kwargs`` go to the Lightning strategy's constructor.
+    "auto" on several devices means "fsdp". ``timeout_minutes``: how long a rank waits in a collective
+    before the run fails (None: Lightning's 30 minutes); under ``rollout.mode=rank0`` the other ranks wait
+    that long for rank 0's generation and scoring. ``kwargs`` go to the Lightning strategy's constructor.
     """
     check_strategy_name(name)
     n = device_count(devices, accelerator) * num_nodes
     if n <= 1:
         return "auto"
+    if timeout_minutes is not None:
+        from datetime import timedelta
+
+        from sppo_pl.rollout.base import positive_number
+
+        minutes = positive_number(timeout_minutes, "trainer.strategy.timeout_minutes")
+        kwargs["timeout"] = timedelta(minutes=minutes)
     if name in ("auto", "fsdp"):
         from lightning.pytorch.strategies import ModelParallelStrategy
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import torch
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
@@ -38,6 +40,20 @@ def test_several_devices_pick_the_named_strategy():
     assert isinstance(select_strategy("ddp", devices=4), DDPStrategy)
     with pytest.raises(ValueError, match="trainer.strategy.name"):
         select_strategy("deepspeed", devices=2)
+
+
+@pytest.mark.parametrize("name", ["fsdp", "fsdp1", "ddp"])
+def test_the_collective_timeout_is_set_in_minutes(tmp_path, name):
+    from hydra.utils import instantiate
+
+    cfg = make_cfg(
+        tmp_path, [f"trainer/strategy={name}", "trainer.devices=2", "trainer.strategy.timeout_minutes=90"]
+    )
+    assert instantiate(cfg.trainer.strategy)._timeout == timedelta(minutes=90)
+    default = make_cfg(tmp_path, [f"trainer/strategy={name}", "trainer.devices=2"])
+    assert instantiate(default.trainer.strategy)._timeout == timedelta(minutes=30)  # Lightning's
+    with pytest.raises(ValueError, match="trainer.strategy.timeout_minutes"):
+        select_strategy(name, devices=2, timeout_minutes=0)
 
 
 def test_device_count_reads_every_form_of_trainer_devices():
