@@ -46,6 +46,7 @@ def test_last_boxed(text, content):
         ("\\boxed{1,234}", "1234", True),
         ("\\boxed{1234}", "1,234", True),
         ("\\boxed{1{,}234}", "1234", True),
+        ("\\boxed{10000}", "10,\\!000", True),  # a MATH gold answer's thousands comma
         ("\\boxed{1\\,234}", "1234", True),  # thin-space thousands (math-verify alone reads 1 + 234)
         ("\\boxed{1,234,567}", "1234567", True),
         ("\\boxed{12.0}", "12", True),
@@ -171,6 +172,7 @@ def test_correctness_scores():
         ("so 23+48 = 71", "71", True),
         ("99 - 447 = -348", "-348", True),
         ("The answer is 1,234.", "1234", True),
+        ("The answer is $134,\\!568$.", "134568", True),  # MATH's LaTeX thousands comma, not 568
         ("no number at all", "3", False),
         ("\\boxed{5} and later 7", "5", True),  # a box wins over later numbers
     ],
@@ -184,6 +186,8 @@ def test_last_number_fallback(response, answer, ok):
     [
         ("\\boxed{134568}", True),
         ("\\boxed{134,568}", True),
+        ("\\boxed{134,\\!568}", True),  # MATH's LaTeX thousands commas
+        ("\\boxed{134{,}568}", True),
         ("\\boxed{356 * 378}", False),
         ("\\boxed{x = 134568}", False),
     ],

@@ -27,6 +27,8 @@ TIMEOUT_S = 5  # math-verify's default, per parse / comparison, on the main thre
 _BOXED = re.compile(r"\\(?:boxed|fbox)(?:\s*(\{)|\s+([^\s${][^\s$]*))")
 # "1\,234", "1~234", "1 234": a digit, a thin space / tie / space, then a three-digit group.
 _DIGIT_GROUP_SEP = re.compile(r"(?<=\d)(?:\\[,!; ]|~|\s)(?=\d{3}(?!\d))")
+# "134,\!568" and "134{,}568": MATH's LaTeX thousands commas, read as the plain comma "134,568"
+_LATEX_COMMA = re.compile(r"(?<=\d)(?:,\\!|\{,\})(?=\d{3}(?!\d))")
 # Numeric power towers (x^{9^9}, x^9^9, x**9**9), exponents >= 10^6, binomials of powers: sympy may never
 # finish evaluating them. Symbolic exponents such as e^{x^2} are left alone.
 _EXPLOSIVE = re.compile(
@@ -58,8 +60,9 @@ def last_boxed(text: str) -> str | None:
 
 
 def _normalize(answer: str) -> str:
-    """Drop digit-group separators math-verify misreads ("1\\,234" would parse as the mixed number 1 + 234)."""
-    return _DIGIT_GROUP_SEP.sub("", answer.strip())
+    """Drop digit-group separators math-verify misreads ("1\\,234" would parse as the mixed number 1 + 234);
+    MATH's "134,\\!568" and "134{,}568" become "134,568"."""
+    return _DIGIT_GROUP_SEP.sub("", _LATEX_COMMA.sub(",", answer.strip()))
 
 
 def _timeout() -> int | None:
@@ -160,7 +163,7 @@ def _final_answer_text(response: str, fallback: str = "math_verify") -> str | No
     whole response, a response that merely restates the question ("200 - 90 = 10") cannot be read as the
     expression's value.
     """
-    response = response.replace(MINUS, "-")
+    response = _LATEX_COMMA.sub(",", response.replace(MINUS, "-"))
     boxed = last_boxed(response)
     if boxed is not None:
         return f"${_normalize(boxed)}$"
