@@ -46,13 +46,15 @@ def sharded_weights_key(ckpt: Path) -> str:
 
 
 def load_policy_from_checkpoint(ckpt: str | Path, model_path: str | None = None) -> torch.nn.Module:
-    """The policy as trained: its architecture from ``model_path``, its weights from the checkpoint."""
+    """The policy as trained: its architecture from ``model_path``, its weights from the checkpoint, in the
+    dtype it trained in (``module.dtype``, saved with the checkpoint; float32 when absent)."""
     from sppo_pl.module import load_policy
 
     ckpt = Path(ckpt)
     if not ckpt.exists():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    policy = load_policy(model_path or checkpoint_model_path(ckpt))
+    dtype = read_checkpoint(ckpt).get("hyper_parameters", {}).get("dtype") or "float32"
+    policy = load_policy(model_path or checkpoint_model_path(ckpt), dtype)
     if ckpt.is_dir():
         import torch.distributed.checkpoint as dcp
 

@@ -184,6 +184,23 @@ def test_export_keeps_the_source_models_dropout_rates(tiny_model_dir, tmp_path):
     assert json.loads((out / "config.json").read_text())["attention_dropout"] == 0.1
 
 
+def test_export_keeps_the_dtype_the_policy_trained_in(tiny_model_dir, tmp_path):
+    """module.dtype=bfloat16 trains bf16 weights: the export writes them as bf16, not widened to float32."""
+    from safetensors import safe_open
+
+    from sppo_pl.export import export_hf
+    from sppo_pl.module import load_policy
+
+    state = {f"policy.{k}": v for k, v in load_policy(str(tiny_model_dir), "bfloat16").state_dict().items()}
+    ckpt = tmp_path / "x.ckpt"
+    meta = {"model_path": str(tiny_model_dir), "dtype": "bfloat16"}
+    torch.save({"global_step": 1, "state_dict": state, "hyper_parameters": meta}, ckpt)
+    out = export_hf(ckpt, tmp_path / "hf")
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes == {"BF16"}
+
+
 def test_export_writes_a_directory_transformers_loads(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
