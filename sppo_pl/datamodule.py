@@ -281,14 +281,15 @@ class SPPODataModule(L.LightningDataModule):
 
 
 def remaining_first(order: list[int], done_batches: int, batch_size: int) -> list[int]:
-    """An iteration's sample order started at batch ``done_batches``, the batches before it moved to the end.
+    """An iteration's sample order from batch ``done_batches`` on: the samples not yet trained.
 
-    Resuming inside an iteration, Lightning draws only the iteration's remaining number of batches from the
-    start of a loader that keeps no state; in this order those are the batches not yet trained, e.g.
-    ``remaining_first([3, 0, 2, 1, 5, 4], 1, 2) == [2, 1, 5, 4, 3, 0]``.
+    Resuming inside an iteration, Lightning draws the iteration's remaining batches from the start of a
+    loader that keeps no state; this order holds exactly those, cut at the same boundaries as an
+    uninterrupted run's, the last one short as there, e.g. ``remaining_first([3, 0, 2, 1, 5], 1, 2) ==
+    [2, 1, 5]`` (batches [2, 1], [5]). (Moving the trained samples to the end instead would refill a short
+    last batch with some of them: trained twice.)
     """
-    skip = done_batches * batch_size
-    return order[skip:] + order[:skip] if 0 < skip < len(order) else order
+    return order[done_batches * batch_size :] if done_batches > 0 else order
 
 
 class ResumableOrder(torch.utils.data.Sampler[int]):

@@ -238,11 +238,49 @@ def test_max_val_prompts_spreads_over_a_sorted_test_split_and_names_original_row
 def test_a_resumed_iteration_draws_its_untrained_batches_first():
     from sppo_pl.datamodule import ResumableOrder, remaining_first
 
-    assert remaining_first([3, 0, 2, 1, 5, 4], 1, 2) == [2, 1, 5, 4, 3, 0]
+    assert remaining_first([3, 0, 2, 1, 5, 4], 1, 2) == [2, 1, 5, 4]
     assert remaining_first([3, 0, 2, 1, 5, 4], 0, 2) == [3, 0, 2, 1, 5, 4]  # a fresh iteration
-    assert remaining_first([3, 0, 2, 1], 2, 2) == [3, 0, 2, 1]  # all trained: nothing to move
+    assert remaining_first([3, 0, 2, 1], 2, 2) == []  # all trained
     done = [0]
     sampler = ResumableOrder([3, 0, 2, 1, 5, 4], 2, lambda: done[0])
     assert list(sampler) == [3, 0, 2, 1, 5, 4] and len(sampler) == 6
     done[0] = 2  # read when iterated: Lightning restores its progress after building the loader
-    assert list(sampler) == [5, 4, 3, 0, 2, 1]
+    assert list(sampler) == [5, 4]
+
+
+def test_a_run_resumed_inside_an_iteration_with_a_short_last_batch_trains_each_sample_once(tmp_path):
+    """10 samples in batches of 4 (the last one short), checkpointed after the first batch: the resumed run
+    trains the two batches an uninterrupted run trains next, no sample twice."""
+    import lightning as L
+    import torch
+
+    from sppo_pl.datamodule import ResumableOrder
+
+    class Recorder(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer, self.seen = torch.nn.Linear(1, 1), []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(batch[:, 0].long().tolist())
+            return self.layer(batch).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+        def train_dataloader(self):
+            done = lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.ready  # noqa: E731
+            data = torch.arange(10.0).unsqueeze(-1)
+            return torch.utils.data.DataLoader(data, batch_size=4, sampler=ResumableOrder(ORDER, 4, done))
+
+    ORDER = [4, 1, 7, 5, 3, 9, 0, 8, 6, 2]
+    quiet = dict(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    whole = Recorder()
+    every_step = L.pytorch.callbacks.ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=1, save_top_k=-1)
+    L.Trainer(accelerator="cpu", callbacks=[every_step], **quiet).fit(whole)
+    assert whole.seen == [[4, 1, 7, 5], [3, 9, 0, 8], [6, 2]]
+    resumed = Recorder()
+    L.Trainer(accelerator="cpu", enable_checkpointing=False, **quiet).fit(
+        resumed, ckpt_path=tmp_path / "step=1.ckpt"
+    )
+    assert resumed.seen == whole.seen[1:]
