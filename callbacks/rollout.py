@@ -478,7 +478,9 @@ def rollout_metrics(
     """The ``rollout/*`` metrics (README, "What a run writes") from one iteration's scored rollouts; without
     the generation's (``gen_s`` None) when it reused saved generations. ``n_tokens``: the rollouts' response
     tokens; ``sampled_tokens``: every token generated in ``gen_s``, refill rounds' set-aside groups included
-    (``rollout/tokens_per_s`` is the engine's speed, not the kept share's)."""
+    (``rollout/tokens_per_s`` is the engines' speed, not the kept share's). On several colocated ranks the
+    tokens are every rank's and ``gen_s`` is this rank's (the engines sample side by side): the combined
+    speed of all the engines."""
     scores = torch.tensor([r.scores for r in rollouts], dtype=torch.float64)
     wins = torch.tensor([r.p_hat for r in rollouts], dtype=torch.float64)
     metrics = {
