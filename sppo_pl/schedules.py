@@ -15,10 +15,13 @@ def iteration_linear_factor(step: int, steps_per_iteration: int, warmup_ratio: f
     """The LR multiplier at optimizer ``step`` when every iteration restarts a linear schedule, as the original
     uclaml/SPPO trained (each iteration a fresh run of HF's linear schedule with ``warmup_ratio``):
 
-        i = step mod N,  W = ceil(warmup_ratio N):  i / W  for i < W,  else  (N - i) / (N - W)
+        i = step mod N,  W = min(ceil(warmup_ratio N), N - 1):  i / W  for i < W,  else  (N - i) / (N - W)
+
+    W is at most N - 1: an iteration of one optimizer step takes no warmup, since HF's W = 1 would give
+    its only step, and so every step of the run, a learning rate of 0.
     """
     n = steps_per_iteration
-    i, warmup = step % n, math.ceil(warmup_ratio * n)
+    i, warmup = step % n, min(math.ceil(warmup_ratio * n), n - 1)
     if i < warmup:
         return i / warmup
     return max(0.0, (n - i) / max(1, n - warmup))

@@ -28,6 +28,10 @@ from sppo_pl.schedules import (
         (6, 10, 0.3, 4 / 7),
         (4, 4, 0.0, 1.0),  # no warmup: 1, 3/4, 1/2, 1/4, then 1 again
         (2, 4, 0.0, 0.5),
+        (0, 1, 0.1, 1.0),  # one step per iteration: no warmup (HF's W = 1 would train at lr 0 for ever)
+        (3, 1, 0.5, 1.0),
+        (0, 2, 0.1, 0.0),  # two steps: W = 1, as HF
+        (1, 2, 0.9, 1.0),  # W = min(2, 1)
     ],
 )
 def test_iteration_linear_factor_by_hand(step, n, ratio, want):
