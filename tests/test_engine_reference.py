@@ -137,3 +137,29 @@ def test_seeded_hf_generation_leaves_the_trainers_random_streams_as_they_were(
     torch.manual_seed(123)
     engine.generate(_prompts(tiny_tokenizer), SAMPLING, seeds=[1, 2, 3])
     assert torch.equal(torch.rand(4, device=device), expected)
+
+
+def test_unseeded_hf_batches_draw_fresh_samples(tiny_model_dir, tiny_tokenizer):
+    """Without seeds every batch and every call sampled from one restored random state: the same draws."""
+    from sppo_pl.rollout.base import SamplingConfig
+
+    module = SPPOModule(str(tiny_model_dir), loss=SPPOLoss(eta=10.0))
+    engine = HFEngine(module.policy, tiny_tokenizer, batch_size=1)
+    prompt = _prompts(tiny_tokenizer)[0]
+    sampling = SamplingConfig(n=2, temperature=1.0, max_tokens=12)
+    torch.manual_seed(0)
+    first, second = engine.generate([prompt, prompt], sampling)  # two batches of one prompt
+    again = engine.generate([prompt], sampling)[0]
+    assert first.token_ids != second.token_ids and first.token_ids != again.token_ids
+
+
+def test_hf_generation_stops_where_vllm_does(tiny_model_dir, tiny_tokenizer):
+    """vLLM stops at the tokenizer's eos and at every eos id of the generation config; so must HF."""
+    from sppo_pl.rollout.hf_engine import _eos_ids
+
+    module = SPPOModule(str(tiny_model_dir), loss=SPPOLoss(eta=10.0))
+    eos, other = tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id
+    module.policy.generation_config.eos_token_id = [other]
+    assert _eos_ids(module.policy, tiny_tokenizer) == sorted({eos, other})
+    module.policy.generation_config.eos_token_id = None
+    assert _eos_ids(module.policy, tiny_tokenizer) == [eos]

@@ -71,7 +71,9 @@ class HFEngine:
         devices = rng_devices(next(model.parameters()).device)
         try:
             for s in tqdm(range(0, len(prompt_ids), self.batch_size), desc="hf generate", leave=False):
-                with torch.random.fork_rng(devices=devices):
+                # seeded: each batch from its own seed, the caller's random streams put back after it;
+                # unseeded: from the global streams, advancing them as any sampling does
+                with torch.random.fork_rng(devices=devices, enabled=seeds is not None):
                     if seeds is not None:
                         torch.manual_seed(seeds[s])
                     batch = prompt_ids[s : s + self.batch_size]
@@ -144,9 +146,13 @@ def _plain_generation_config(model, eos: list[int], pad: int):
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
+    """The ids generation stops at, as vLLM's: the tokenizer's eos and every eos id of the model's
+    generation config (sorted)."""
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    eos = tokenizer.eos_token_id if eos is None else eos
-    return [eos] if isinstance(eos, int) else list(eos)
+    ids = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
 
 
 def _trim(row: list[int], eos: list[int], pad: int) -> tuple[list[int], str]:
