@@ -507,6 +507,45 @@ def test_an_encoder_reward_model_without_a_chat_template_reads_a_text_pair(tmp_p
     assert plain.decode(reward_input_ids(plain, "What is 2?", "4", 64)) == "What is 2?\n4"
 
 
+def test_a_decoder_tokenizer_that_repeats_bos_in_a_pair_reads_prompt_newline_response():
+    """Llama-2's pair is ``<s> x <s> y``: more specials than one text, but no separator."""
+    from transformers import LlamaTokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "h": 3, "i": 4, "t": 5, "e": 6, "r": 7, "\u2581": 8, "\n": 9}
+    tok = LlamaTokenizer(vocab=vocab, merges=[], add_bos_token=True)
+    assert tok.num_special_tokens_to_add(pair=True) > tok.num_special_tokens_to_add(pair=False)
+    assert reward_input_ids(tok, "hi", "there", 64) == tok("hi\nthere")["input_ids"]
+
+
+def test_a_reward_model_with_segment_embeddings_gets_the_pairs_token_type_ids(tmp_path):
+    """BERT / ELECTRA reward models are called as ``model(**tokenizer(question, answer))``: the answer in
+    segment 1. The oracle's score is that call's logit, batched and padded beside a shorter input."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "what", "is", "2", "+", "?", "four", "five", "the", "answer"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words))
+    tok = BertTokenizerFast(str(tmp_path / "vocab.txt"))
+    config = BertConfig(
+        vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=1, type_vocab_size=2, initializer_range=0.5,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    prompts, responses = ["What is 2 + 2?", "What is 2 + 2?"], ["the answer is four", "five"]
+    with torch.no_grad():
+        want = [
+            model(**tok(x, y, return_tensors="pt")).logits[0, 0].item() for x, y in zip(prompts, responses)
+        ]
+    got = RewardModelOracle(str(tmp_path / "rm"), max_length=64).score(prompts, responses)
+    assert got == pytest.approx(want, abs=1e-5)
+    with torch.no_grad():  # what the oracle gave without the segment ids
+        alone = tok(prompts[0], responses[0], return_tensors="pt")
+        del alone["token_type_ids"]
+        assert abs(model(**alone).logits[0, 0].item() - want[0]) > 1e-4
+
+
 @pytest.fixture(scope="module", params=["bert", "roberta"])
 def short_position_classifier(request, tmp_path_factory):
     """A tiny classifier with learned absolute positions, only 48 of them, and the longest input it takes:

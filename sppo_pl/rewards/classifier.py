@@ -117,12 +117,28 @@ def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
 
+def separates_pairs(tokenizer) -> bool:
+    """Whether the tokenizer joins a text pair with a separator token, as encoders do (BERT, DeBERTa,
+    RoBERTa: ``[CLS] x [SEP] y [SEP]``); a decoder's pair is at most another BOS (Llama-2: ``<s> x <s> y``)."""
+    extra = tokenizer.num_special_tokens_to_add(pair=True) - tokenizer.num_special_tokens_to_add(pair=False)
+    return tokenizer.sep_token_id is not None and extra > 0
+
+
+def segment_ids(ids: torch.Tensor, mask: torch.Tensor, sep_id: int) -> torch.Tensor:
+    """BERT's ``token_type_ids`` [B, T] of right-padded inputs ``ids`` [B, T]: 0 up to and including the
+    first ``sep_id``, 1 after it (a text pair's second member), 0 on padding. An input whose only separator
+    closes it (one text, a chat template) is all 0s."""
+    first = (ids == sep_id).long().cumsum(-1)
+    after_first = (first - (ids == sep_id).long()) > 0
+    return after_first.long() * mask
+
+
 def _reward_text_ids(tokenizer, prompt: str, response: str) -> list[int]:
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         text = tokenizer.apply_chat_template(messages, tokenize=False)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
-    if tokenizer.num_special_tokens_to_add(pair=True) > tokenizer.num_special_tokens_to_add(pair=False):
+    if separates_pairs(tokenizer):
         return tokenizer(prompt, response)["input_ids"]  # an encoder's text pair: [CLS] x [SEP] y [SEP]
     return tokenizer(f"{prompt}\n{response}")["input_ids"]
 
@@ -220,23 +236,27 @@ def batched_by_length(
 
 @torch.no_grad()
 def classifier_logits(
-    model, inputs: list[list[int]], pad_id: int | None, batch_size: int = 16
+    model, inputs: list[list[int]], pad_id: int | None, batch_size: int = 16, sep_id: int | None = None
 ) -> torch.Tensor:
     """The model's single logit for each input: N lists of ids -> [N] float32 on the CPU.
 
     Inputs are sorted by length and right-padded within each batch of ``batch_size``; the result is in
     the original order. Padding does not change a logit (the model pools its last non-pad token). With
     ``pad_id`` None (the tokenizer has no pad token) each batch pads with :func:`unused_id`, so every input
-    is pooled at its own last token, as the model pools an unpadded input.
+    is pooled at its own last token, as the model pools an unpadded input. A model with segment embeddings
+    (``type_vocab_size`` >= 2: BERT, ELECTRA) also gets the ``token_type_ids`` of text pairs split at
+    ``sep_id`` (:func:`segment_ids`), as its tokenizer would make them.
     """
     device = next(model.parameters()).device
+    segments = sep_id is not None and getattr(model.config, "type_vocab_size", 0) > 1
 
     def run(batch: list[list[int]]) -> torch.Tensor:
         pad = pad_id if pad_id is not None else unused_id(batch, model.get_input_embeddings().num_embeddings)
         ids, mask = right_pad(batch, pad)
+        extra = {"token_type_ids": segment_ids(ids, mask, sep_id).to(device)} if segments else {}
         set_pad_id(model, pad)
         try:
-            return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0]
+            return model(input_ids=ids.to(device), attention_mask=mask.to(device), **extra).logits[:, 0]
         finally:
             set_pad_id(model, pad_id)
 
@@ -298,7 +318,8 @@ class Classifier(LazyModel):
         return load_classifier(self.path, self.dtype, device)
 
     def logits(self, inputs: list[list[int]]) -> torch.Tensor:
-        return classifier_logits(self.model, inputs, self.tokenizer.pad_token_id, self.batch_size)
+        tok = self.tokenizer
+        return classifier_logits(self.model, inputs, tok.pad_token_id, self.batch_size, tok.sep_token_id)
 
 
 class ClassifierOracle(Oracle):
