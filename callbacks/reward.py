@@ -74,8 +74,8 @@ class RewardCallback(Oracle, L.Callback):
                 torch.tensor(scores, dtype=torch.float32, device=pl_module.device), weights
             )
         keys = [prompt_key(ids) for ids in batch["prompt_ids"]]
-        if _iteration(trainer) == 0:
-            self._val_start.update(zip(keys, responses))
+        if _iteration(trainer) == 0:  # a padding repeat's response must not replace its prompt's own
+            self._val_start.update((k, y) for k, y, w in zip(keys, responses, weights.tolist()) if w > 0)
             return
         start = [self.start_responses.get(k, self._start_by_text.get(p)) for k, p in zip(keys, prompts)]
         known = [n for n, y in enumerate(start) if y is not None]

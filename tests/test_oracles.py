@@ -703,6 +703,20 @@ def test_win_rate_compares_chat_prompts_that_share_a_last_turn_with_their_own_st
     assert fresh.oracle.compared == [("Hi?", "later a", "start a"), ("Hi?", "later b", "start b")]
 
 
+def test_a_padding_repeat_does_not_replace_its_prompts_starting_response():
+    """On several ranks the last prompts are repeated (weight 0) to even the shards; the merge of the
+    ranks' starting responses must keep the owner's, whatever the repeat generated."""
+    reward = RewardCallback(_Recorder())
+    batch = {
+        "prompt": ["Hi?", "Hi?"],
+        "prompt_ids": [[1, 9], [1, 9]],
+        "answer": [None, None],
+        "val_weight": [1.0, 0.0],
+    }
+    _validate(reward, 0, {**batch, "responses": ["owner's", "repeat's"]})
+    assert reward.start_responses == {"1 9": "owner's"}
+
+
 def test_a_checkpoint_that_kept_starting_responses_by_text_still_gives_the_win_rate():
     reward = RewardCallback(_Recorder())
     reward.load_state_dict({"start_responses": {"What is 1 + 1?": "2"}})
