@@ -3,6 +3,7 @@ and the key to change; every override a message suggests composes and works as p
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -244,6 +245,26 @@ def test_json_answers_are_the_numbers_as_written(tmp_path, tiny_tokenizer, array
         "x?": None,
         "sep\u2028arated?": "2",
     }
+
+
+@pytest.mark.parametrize("array", [False, True])
+def test_a_json_column_mixing_kinds_keeps_the_values_as_written(tmp_path, tiny_tokenizer, array):
+    """datasets reads a JSON column mixing numbers and text, or text and chat messages, as Json and decodes
+    each text as JSON: "007" became 7, "null" no answer, "[1, 2]" a list (refused), the prompt "12345" an int."""
+    chat = [{"role": "user", "content": "Hi?"}]
+    rows = [
+        {"prompt": "One?", "answer": 5},
+        {"prompt": "Code?", "answer": "007"},
+        {"prompt": "Word?", "answer": "null"},
+        {"prompt": chat, "answer": "[1, 2]"},
+        {"prompt": "12345", "answer": "1e3"},
+    ]
+    path = tmp_path / ("mixed.json" if array else "mixed.jsonl")
+    path.write_text(json.dumps(rows) if array else "".join(json.dumps(r) + "\n" for r in rows))
+    dm = SPPODataModule(local_splits(str(path), test_size=1, seed=0), tokenizer=tiny_tokenizer)
+    dm.setup("fit")
+    read = {str(p["prompt"]): p["answer"] for p in [*dm.train_prompts, *dm.val_prompts]}
+    assert read == {"One?": "5", "Code?": "007", "Word?": "null", "Hi?": "[1, 2]", "12345": "1e3"}
 
 
 def test_an_answer_too_long_for_a_float_is_refused_not_rounded(tmp_path):

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 ROLES = ("system", "user", "assistant")
 SOURCE_COLUMNS = ("__source_file", "__source_row")  # hidden: each row's file and its row there
+FLOATS = ("float16", "float32", "float64")
 
 
 def load_source(path: str, name: str | None = None) -> DatasetDict:
@@ -56,25 +57,40 @@ def read_file(path: str | Path) -> Dataset:
         raise ValueError(f"data: {path}: could not be read as {path.suffix}: {_reason(e)}") from e
 
 
-def numbers_as_written(ds: Dataset, path: str | Path, key: str) -> Dataset:
-    """``ds`` read from the JSON file ``path``, its column ``key`` of numbers replaced by the text written in
-    the file: ``datasets`` reads a column mixing 3 and 3.5 as floats (3 became "3.0"), and a whole number
-    beyond 64 bits as a float that lost its digits. Other files and columns, and a column that is not floats
-    (text, whole numbers, mixed), are returned as they are."""
+def numbers_as_written(ds: Dataset, path: str | Path, key: str, numbers_as_text: bool = True) -> Dataset:
+    """``ds`` read from the JSON file ``path``, its column ``key`` replaced by the values written in the file,
+    every number as its text, where ``datasets`` changed them:
+
+    - a column mixing 3 and 3.5 is read as floats (3 became "3.0"), a whole number beyond 64 bits as a float
+      that lost its digits;
+    - a column mixing kinds (numbers and text, text and chat messages) is read as ``Json``, which decodes
+      each text as JSON: "007" became 7, "null" None, "[1, 2]" a list.
+
+    ``numbers_as_text=False`` keeps a number a number (a prompt must be text: 7 stays 7, to be refused).
+    Other files and columns (text, whole numbers) are returned as they are."""
+    from datasets import Json
+
     path = Path(path)
-    dtype = getattr(ds.features.get(key), "dtype", None)
-    if FORMATS.get(path.suffix) != "json" or dtype not in ("float16", "float32", "float64"):
+    feature = ds.features.get(key)
+    mixed = isinstance(feature, Json)
+    if FORMATS.get(path.suffix) != "json" or not (mixed or getattr(feature, "dtype", None) in FLOATS):
         return ds
-    values = json_values_as_written(path, key)
+    values = json_values_as_written(path, key, numbers_as_text)
     if len(values) != len(ds):  # not rows as datasets reads them: leave them to its reading
         return ds
-    return ds.remove_columns(key).add_column(key, values)
+    if mixed:  # a Json column holds each value JSON-encoded
+        values, kind = [json.dumps(v) for v in values], {"feature": feature}
+    else:
+        kind = {}
+    new = f"{key}.as_written"  # added before the old column goes: a table of no columns has no rows
+    return ds.add_column(new, values, **kind).remove_columns(key).rename_column(new, key)
 
 
-def json_values_as_written(path: Path, key: str) -> list:
+def json_values_as_written(path: Path, key: str, numbers_as_text: bool = True) -> list:
     """Each row's ``key`` (None where absent) in a JSON-lines file, or a JSON file holding an array of rows,
-    every number as the text written for it (``3``, ``3.50``, ``51090942171709440000``)."""
-    text, as_text = path.read_text(encoding="utf-8-sig"), {"parse_int": str, "parse_float": str}
+    every number as the text written for it (``3``, ``3.50``, ``51090942171709440000``), or as a number."""
+    text = path.read_text(encoding="utf-8-sig")
+    as_text = {"parse_int": str, "parse_float": str} if numbers_as_text else {}
     if text.lstrip().startswith("["):
         rows = json.loads(text, **as_text)
     else:  # split on newlines alone: a JSON string may hold U+2028, which str.splitlines would split on
