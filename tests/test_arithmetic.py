@@ -88,6 +88,21 @@ def test_splits_are_disjoint():
     )
 
 
+def test_train_holds_no_commuted_twin_of_a_test_problem():
+    """The default task's split (1-2 digits): 36 of the 128 test sums and products had their twin, b op a,
+    in train (the small 1-digit pool is drawn often, and train all but exhausts it). 9 - 4 and 4 - 9 differ."""
+    from sppo_pl.data.arithmetic import with_commuted_twins
+
+    suffix = " Put the final answer within \\boxed{}."
+    twins = with_commuted_twins(
+        [f"What is 7 + 3?{suffix}", f"What is 9 - 4?{suffix}", f"What is 2 * 5?{suffix}"]
+    )
+    assert twins == {f"What is {x}?{suffix}" for x in ("7 + 3", "3 + 7", "9 - 4", "2 * 5", "5 * 2")}
+    d = arithmetic_splits(4096, 128, seed=0, ops=("+", "-", "*"), min_digits=1, max_digits=2)
+    train = set(d["train"]["prompt"])
+    assert len(train) == 4096 and not with_commuted_twins(d["test"]["prompt"]) & train
+
+
 def test_the_whole_space_can_be_drawn():
     # 1-digit '+': 10 x 10 = 100 prompts, all of them reachable
     assert n_distinct_problems(["+"], 1, 1) == 100

@@ -98,7 +98,8 @@ def arithmetic_dataset(
 def arithmetic_splits(n_train: int, n_test: int, seed: int = 0, **kw) -> DatasetDict:
     """A ``DatasetDict`` with disjoint ``train`` and ``test`` splits.
 
-    The test split is drawn first (seed + 1); train (seed) excludes its prompts. ``kw`` goes to
+    The test split is drawn first (seed + 1); train (seed) excludes its prompts and, for ``+`` and ``*``,
+    their commuted twins (``7 + 3`` keeps ``3 + 7`` out of train: the same sum). ``kw`` goes to
     :func:`arithmetic_dataset` (ops, min_digits, max_digits).
     """
     from datasets import DatasetDict
@@ -106,5 +107,20 @@ def arithmetic_splits(n_train: int, n_test: int, seed: int = 0, **kw) -> Dataset
     _check_count("n_train", n_train)
     _check_count("n_test", n_test)
     test = arithmetic_dataset(n_test, seed=seed + 1, **kw)
-    train = arithmetic_dataset(n_train, seed=seed, exclude=set(test["prompt"]), **kw)
+    train = arithmetic_dataset(n_train, seed=seed, exclude=with_commuted_twins(test["prompt"]), **kw)
     return DatasetDict(train=train, test=test)
+
+
+COMMUTATIVE = ("+", "*")
+
+
+def with_commuted_twins(prompts: Iterable[str]) -> set[str]:
+    """The ``prompts`` (:func:`make_problem`'s) and, for ``+`` and ``*``, each one with its operands swapped."""
+    out = set()
+    for prompt in prompts:
+        out.add(prompt)
+        head, rest = prompt.split("? ", 1)
+        a, op, b = head.removeprefix("What is ").split(" ")
+        if op in COMMUTATIVE:
+            out.add(f"What is {b} {op} {a}? {rest}")
+    return out
