@@ -177,6 +177,9 @@ def check_choices(cfg: DictConfig) -> None:
         )
 
 
+FSDP2_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true")  # Lightning's ModelParallelStrategy
+
+
 def check_trainer_choices(trainer: DictConfig) -> None:
     """``trainer.strategy.name`` (:func:`sppo_pl.strategy.select_strategy`'s) and ``trainer.precision`` name
     choices that exist: the Trainer, which would say so too, is built only after the model has loaded."""
@@ -189,12 +192,25 @@ def check_trainer_choices(trainer: DictConfig) -> None:
     strategy = trainer.get("strategy")
     if isinstance(strategy, DictConfig) and "name" in strategy:
         check_strategy_name(strategy.name)
+    several = world_size(trainer)[0] > 1
+    name = strategy.get("name") if isinstance(strategy, DictConfig) else None
+    if several and name == "fsdp1" and not _on_gpu(trainer.get("accelerator", "auto")):
+        raise ValueError(
+            "trainer/strategy=fsdp1 needs GPUs (Lightning's FSDPStrategy refuses a CPU accelerator): "
+            "use trainer/strategy=fsdp (FSDP2), which runs on CPU processes too"
+        )
     try:
         with warnings.catch_warnings():  # its advice on the "bf16" alias: the Trainer gives it
             warnings.simplefilter("ignore")
-            _convert_precision_to_unified_args(trainer.get("precision"))
+            precision = _convert_precision_to_unified_args(trainer.get("precision"))
     except ValueError as e:
         raise ValueError(f"trainer.precision: {e}") from None
+    fsdp2 = ("auto", "fsdp")  # Lightning's ModelParallelStrategy on several devices
+    if several and name in fsdp2 and precision is not None and str(precision) not in FSDP2_PRECISIONS:
+        raise ValueError(
+            f"trainer.precision={trainer.get('precision')} is not one FSDP2 (trainer/strategy=fsdp, the default on "
+            f"several devices) takes: use one of {', '.join(FSDP2_PRECISIONS)}, or trainer/strategy=ddp"
+        )
 
 
 def check_loss(cfg: DictConfig, loss) -> None:
@@ -275,9 +291,34 @@ def world_size(trainer: DictConfig) -> tuple[int, str]:
     from sppo_pl.strategy import device_count
 
     devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
-    world = device_count(devices, trainer.get("accelerator", "auto")) * nodes
+    accelerator = trainer.get("accelerator", "auto")
+    check_devices(devices, accelerator)
+    world = device_count(devices, accelerator) * nodes
     keys = f"trainer.devices={devices}" + (f" x trainer.num_nodes={nodes}" if nodes != 1 else "")
     return world, keys
+
+
+def check_devices(devices, accelerator: str = "auto") -> None:
+    """``trainer.devices``: a count >= 1, ``auto``, or (GPUs) -1 or a list of device ids. On CPU Lightning
+    takes only a count of processes (or ``auto``): -1 and lists are refused here, not once the model has
+    loaded."""
+    from collections.abc import Sequence
+
+    listed = (isinstance(devices, Sequence) and not isinstance(devices, str)) or (
+        isinstance(devices, str) and "," in devices
+    )
+    if devices == "auto":
+        return
+    if listed or str(devices).strip() == "-1":
+        if not _on_gpu(accelerator):
+            raise ValueError(
+                f"trainer.devices={devices}: on CPU trainer.devices is a number of processes >= 1 (or auto)"
+            )
+        return
+    if isinstance(devices, bool) or not str(devices).strip().isdigit() or int(devices) < 1:
+        raise ValueError(
+            f"trainer.devices={devices!r} must be a number >= 1, auto, or on GPUs -1 or a list of device ids"
+        )
 
 
 def check_data_source(cfg: DictConfig) -> None:

@@ -200,6 +200,40 @@ def test_a_batch_larger_than_each_ranks_rollouts_is_refused_before_any_model_loa
     )
 
 
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["trainer.devices=0"], r"trainer\.devices=0 must be a number >= 1, auto, or on GPUs -1"),
+        (["trainer.devices=-1"], r"trainer\.devices=-1: on CPU trainer\.devices is a number of processes"),
+        (["trainer.devices=[0,1]"], r"trainer\.devices=\[0, 1\]: on CPU"),
+        (["trainer.devices=2", "trainer/strategy=fsdp1"], r"trainer/strategy=fsdp1 needs GPUs"),
+        (
+            ["trainer.devices=2", "trainer.precision=16-mixed"],
+            r"trainer\.precision=16-mixed is not one FSDP2",
+        ),
+    ],
+)
+def test_devices_strategies_and_precisions_lightning_refuses_are_refused_before_any_model_loads(
+    tmp_path, overrides, match
+):
+    """Each passed the checks and failed once the model had loaded, in the Trainer (devices=0 in the checks
+    themselves, with a ZeroDivisionError)."""
+    refused(tmp_path, overrides, ValueError, match)
+
+
+@pytest.mark.parametrize("name", ["smoke", "verl_math_tiny", "uclaml_ultrafeedback_tiny"])
+def test_the_cpu_experiments_pass_the_checks_on_a_gpu_machine(tmp_path, monkeypatch, name):
+    """The recipes' CPU twins set a float32 engine: refused on a GPU, where the engine follows the training
+    precision (bf16 under bf16-mixed, ``sppo_pl.config.check_gpu_engine``)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cfg = make_cfg(tmp_path, [f"paths.models_dir={tmp_path / 'models'}", f"experiment={name}"])
+    check_config(cfg, instantiate(cfg.loss))
+    assert cfg.rollout.engine.dtype == "bfloat16" and cfg.trainer.precision == "bf16-mixed"
+
+
 def test_prompts_and_batches_that_fit_pass(tmp_path):
     checked(tmp_path, ["data.prompts_per_iteration=8", "data.batch_size=4", "trainer.devices=2"])
     checked(tmp_path, ["experiment=smoke"])

@@ -273,11 +273,14 @@ def test_uclaml_recipe_instantiates_with_its_settings(tmp_path, tiny_tokenizer):
     assert cfg.optimized_metric == "val/win_rate"
 
 
-def test_a_device_list_on_the_command_line_counts_its_devices(tmp_path):
-    """``trainer.devices=[0,1]`` reaches the checks and resolvers as OmegaConf's ListConfig, not a list."""
+def test_a_device_list_on_the_command_line_counts_its_devices(tmp_path, monkeypatch):
+    """``trainer.devices=[0,1]`` reaches the checks and resolvers as OmegaConf's ListConfig, not a list (GPU
+    ids: on CPU a list is refused, tests/test_bad_config.py)."""
     from sppo_pl.config import check_batches, world_size
 
-    cfg = make_cfg(tmp_path, ["trainer.devices=[0,1]", "trainer.accelerator=cpu", "optim=rmsprop"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cfg = make_cfg(tmp_path, ["trainer.devices=[0,1]", "trainer.accelerator=gpu", "optim=rmsprop"])
     assert world_size(cfg.trainer)[0] == 2
     check_batches(cfg)
     assert cfg.optim.scheduler.steps_per_iteration == 4  # 32 prompts over 2 ranks, batches of 4
