@@ -157,7 +157,7 @@ def check_choices(cfg: DictConfig) -> None:
     check_reference(reference)
     if mode is not None:
         check_rollout_mode(mode)
-    precision = str(cfg.trainer.get("precision"))
+    precision = unified_precision(cfg.trainer.get("precision"))
     if reference == "engine" and precision.endswith("-mixed"):
         log.warning(
             "module.reference=engine with trainer.precision=%s: pi_t's log-probs come from the engine's numerics, "
@@ -175,6 +175,21 @@ def check_choices(cfg: DictConfig) -> None:
             "and its frozen copy's top-level weights into one unit; use module.reference=precompute, or "
             "trainer/strategy=fsdp (FSDP2)"
         )
+
+
+def unified_precision(precision) -> str:
+    """Lightning's own name of ``trainer.precision`` ("bf16" is "bf16-mixed", 16 "16-mixed"), or the value as
+    text when it names none (:func:`check_trainer_choices` refuses it)."""
+    import warnings
+
+    from lightning.fabric.connector import _convert_precision_to_unified_args
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return str(_convert_precision_to_unified_args(precision))
+    except ValueError:
+        return str(precision)
 
 
 FSDP2_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true")  # Lightning's ModelParallelStrategy

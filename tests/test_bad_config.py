@@ -326,6 +326,11 @@ def test_engine_log_probs_under_mixed_precision_are_warned_about(tmp_path, caplo
         checked(tmp_path, ["module.reference=engine", "trainer.precision=bf16-mixed"])
     assert "module.reference=engine with trainer.precision=bf16-mixed" in caplog.text
     assert "module.reference=precompute" in caplog.text
+    for alias in ("bf16", "16"):  # Lightning's aliases of bf16-mixed and 16-mixed
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            checked(tmp_path, ["module.reference=engine", f"trainer.precision={alias}"])
+        assert f"module.reference=engine with trainer.precision={alias}-mixed" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
         checked(tmp_path, ["module.reference=engine"])  # the CPU default: float32 on both sides

@@ -187,3 +187,14 @@ def test_a_prompt_the_held_out_split_holds_is_not_trained_on(tmp_path, caplog):
     assert len(ds["test"]) == 4 and not test & set(ds["train"]["prompt"])
     assert len(ds["train"]) == 20 - 2 * len(test)  # both rows of each held-out prompt left training
     assert "repeat a prompt of the held-out test split" in caplog.text
+
+
+def test_a_gsm8k_reference_without_a_number_after_the_hashes_names_its_row():
+    """A reference ending "#### ." or "#### -," read as the answer "" or "-": it must hold a digit."""
+    from sppo_pl.data.gsm8k import hash_answer
+
+    assert hash_answer("So 3 + 4 = 7.\n#### 7.", "gsm8k [train]", 0) == "7"
+    assert hash_answer("#### -1,234.5", "gsm8k [train]", 0) == "-1234.5"
+    for text in ("#### .", "#### -,"):
+        with pytest.raises(ValueError, match=r"gsm8k \[train\] row 3, field 'answer': no '#### <number>'"):
+            hash_answer(text, "gsm8k [train]", 3)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 SOURCE = "openai/gsm8k"
 INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
-_HASH_ANSWER = re.compile(r"####\s*(-?[0-9.,]+)")
+_HASH_ANSWER = re.compile(r"####\s*(-?[0-9.,]*[0-9][0-9.,]*)")  # a number: at least one digit
 
 
 def hash_answer(text: str, where: str, row: int) -> str:
