@@ -178,30 +178,28 @@ def check_choices(cfg: DictConfig) -> None:
 
 
 def unified_precision(precision) -> str:
-    """Lightning's own name of ``trainer.precision`` ("bf16" is "bf16-mixed", 16 "16-mixed"), or the value as
-    text when it names none (:func:`check_trainer_choices` refuses it)."""
+    """Lightning's own name of ``trainer.precision`` ("bf16" is "bf16-mixed", 16 "16-mixed"; None stays
+    "None"); a value that names none is an error naming the key. The Trainer, which would say so too, is
+    built only after the model has loaded."""
     import warnings
 
-    from lightning.fabric.connector import _convert_precision_to_unified_args
+    from lightning.fabric.connector import _convert_precision_to_unified_args  # Lightning's own list
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # its advice on the "bf16" alias: the Trainer gives it
             warnings.simplefilter("ignore")
             return str(_convert_precision_to_unified_args(precision))
-    except ValueError:
-        return str(precision)
+    except ValueError as e:
+        raise ValueError(f"trainer.precision: {e}") from None
 
 
 FSDP2_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true")  # Lightning's ModelParallelStrategy
 
 
 def check_trainer_choices(trainer: DictConfig) -> None:
-    """``trainer.strategy.name`` (:func:`sppo_pl.strategy.select_strategy`'s) and ``trainer.precision`` name
-    choices that exist: the Trainer, which would say so too, is built only after the model has loaded."""
-    import warnings
-
-    from lightning.fabric.connector import _convert_precision_to_unified_args  # Lightning's own list
-
+    """``trainer.strategy.name`` (:func:`sppo_pl.strategy.select_strategy`'s) and ``trainer.precision``
+    (:func:`unified_precision`) name choices that exist, and the strategy takes the accelerator and the
+    precision: the Trainer, which would say so too, is built only after the model has loaded."""
     from sppo_pl.strategy import check_strategy_name
 
     strategy = trainer.get("strategy")
@@ -214,14 +212,9 @@ def check_trainer_choices(trainer: DictConfig) -> None:
             "trainer/strategy=fsdp1 needs GPUs (Lightning's FSDPStrategy refuses a CPU accelerator): "
             "use trainer/strategy=fsdp (FSDP2), which runs on CPU processes too"
         )
-    try:
-        with warnings.catch_warnings():  # its advice on the "bf16" alias: the Trainer gives it
-            warnings.simplefilter("ignore")
-            precision = _convert_precision_to_unified_args(trainer.get("precision"))
-    except ValueError as e:
-        raise ValueError(f"trainer.precision: {e}") from None
+    precision = unified_precision(trainer.get("precision"))
     fsdp2 = ("auto", "fsdp")  # Lightning's ModelParallelStrategy on several devices
-    if several and name in fsdp2 and precision is not None and str(precision) not in FSDP2_PRECISIONS:
+    if several and name in fsdp2 and precision != "None" and precision not in FSDP2_PRECISIONS:
         raise ValueError(
             f"trainer.precision={trainer.get('precision')} is not one FSDP2 (trainer/strategy=fsdp, the default on "
             f"several devices) takes: use one of {', '.join(FSDP2_PRECISIONS)}, or trainer/strategy=ddp"
@@ -317,20 +310,17 @@ def check_devices(devices, accelerator: str = "auto") -> None:
     """``trainer.devices``: a count >= 1, ``auto``, or (GPUs) -1 or a list of device ids. On CPU Lightning
     takes only a count of processes (or ``auto``): -1 and lists are refused here, not once the model has
     loaded."""
-    from collections.abc import Sequence
+    from sppo_pl.strategy import is_device_list
 
-    listed = (isinstance(devices, Sequence) and not isinstance(devices, str)) or (
-        isinstance(devices, str) and "," in devices
-    )
     if devices == "auto":
         return
-    if listed or str(devices).strip() == "-1":
+    if is_device_list(devices) or str(devices).strip() == "-1":
         if not _on_gpu(accelerator):
             raise ValueError(
                 f"trainer.devices={devices}: on CPU trainer.devices is a number of processes >= 1 (or auto)"
             )
         return
-    if isinstance(devices, bool) or not str(devices).strip().isdigit() or int(devices) < 1:
+    if not str(devices).strip().isdigit() or int(devices) < 1:  # True / False are not digits either
         raise ValueError(
             f"trainer.devices={devices!r} must be a number >= 1, auto, or on GPUs -1 or a list of device ids"
         )

@@ -280,27 +280,27 @@ class SPPODataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=self.val_batch_size, sampler=sampler, collate_fn=_as_columns)
 
 
-def remaining_first(order: list[int], done_batches: int, batch_size: int) -> list[int]:
+def untrained_order(order: list[int], done_batches: int, batch_size: int) -> list[int]:
     """An iteration's sample order from batch ``done_batches`` on: the samples not yet trained.
 
     Resuming inside an iteration, Lightning draws the iteration's remaining batches from the start of a
     loader that keeps no state; this order holds exactly those, cut at the same boundaries as an
-    uninterrupted run's, the last one short as there, e.g. ``remaining_first([3, 0, 2, 1, 5], 1, 2) ==
+    uninterrupted run's, the last one short as there, e.g. ``untrained_order([3, 0, 2, 1, 5], 1, 2) ==
     [2, 1, 5]`` (batches [2, 1], [5]). (Moving the trained samples to the end instead would refill a short
     last batch with some of them: trained twice.)
     """
-    return order[done_batches * batch_size :] if done_batches > 0 else order
+    return order[done_batches * batch_size :]
 
 
 class ResumableOrder(torch.utils.data.Sampler[int]):
     """A fixed sample ``order`` (one rank), iterated from the first batch not yet trained (``done()`` batches
-    of ``batch_size`` trained: :func:`remaining_first`)."""
+    of ``batch_size`` trained: :func:`untrained_order`)."""
 
     def __init__(self, order: list[int], batch_size: int, done: Callable[[], int]):
         self.order, self.batch_size, self.done = order, batch_size, done
 
     def __iter__(self) -> Iterator[int]:
-        return iter(remaining_first(self.order, self.done(), self.batch_size))
+        return iter(untrained_order(self.order, self.done(), self.batch_size))
 
     def __len__(self) -> int:
         return len(self.order)
@@ -315,7 +315,7 @@ class ResumableDistributedSampler(DistributedSampler):
         self.batch_size, self.done = batch_size, done
 
     def __iter__(self) -> Iterator[int]:
-        return iter(remaining_first(list(super().__iter__()), self.done(), self.batch_size))
+        return iter(untrained_order(list(super().__iter__()), self.done(), self.batch_size))
 
 
 class ValidationPrompts(torch.utils.data.Dataset):

@@ -64,8 +64,9 @@ def resolve_policy(path: str, start: str | None = None) -> Policy:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"policy={path} does not exist")
-    if (p / "config.json").exists() or (p / "hf_model" / "config.json").exists():
-        hf, run = (p if (p / "config.json").exists() else p / "hf_model"), run_dir_of(p)
+    hf = p if (p / "config.json").exists() else p / "hf_model"
+    if (hf / "config.json").exists():
+        run = run_dir_of(p)
         return Policy(hf, False, run_start_model(run), run)
     if p.is_dir() and not (p / "checkpoints").is_dir() and not (p / "meta.pt").exists():
         raise FileNotFoundError(

@@ -53,7 +53,8 @@ def load_policy_from_checkpoint(ckpt: str | Path, model_path: str | None = None)
     ckpt = Path(ckpt)
     if not ckpt.exists():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    dtype = read_checkpoint(ckpt).get("hyper_parameters", {}).get("dtype") or "float32"
+    meta = read_checkpoint(ckpt)  # memory-mapped: a file's weights are read below, when touched
+    dtype = meta.get("hyper_parameters", {}).get("dtype") or "float32"
     policy = load_policy(model_path or checkpoint_model_path(ckpt), dtype)
     if ckpt.is_dir():
         import torch.distributed.checkpoint as dcp
@@ -64,7 +65,7 @@ def load_policy_from_checkpoint(ckpt: str | Path, model_path: str | None = None)
             {sharded_weights_key(ckpt): wanted}, checkpoint_id=str(ckpt), no_dist=True
         )  # this process alone
         return policy
-    state = read_checkpoint(ckpt)["state_dict"]
+    state = meta["state_dict"]
     weights = {k[len(_PREFIX) :]: v for k, v in state.items() if k.startswith(_PREFIX)}
     missing, unexpected = policy.load_state_dict(weights, strict=False)
     real_missing = [k for k in missing if not (k == "lm_head.weight" and policy.config.tie_word_embeddings)]

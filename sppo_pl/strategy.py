@@ -15,13 +15,21 @@ from typing import Any
 import torch
 
 
+def is_device_list(devices) -> bool:
+    """Whether ``trainer.devices`` names device ids: a list (a Python one, or OmegaConf's from
+    ``trainer.devices=[0,1]``) or a comma-separated string ("0,1")."""
+    return (isinstance(devices, Sequence) and not isinstance(devices, str)) or (
+        isinstance(devices, str) and "," in devices
+    )
+
+
 def device_count(devices: int | str | list | None, accelerator: str = "auto") -> int:
     """How many devices ``trainer.devices`` asks for ("auto" and -1: every GPU, or 1 process on CPU); a list
-    (a Python one, or OmegaConf's from ``trainer.devices=[0,1]``) names the devices."""
-    if isinstance(devices, Sequence) and not isinstance(devices, str):
+    (:func:`is_device_list`) names the devices."""
+    if is_device_list(devices):
+        if isinstance(devices, str):
+            return len([d for d in devices.split(",") if d.strip()])
         return len(devices)
-    if isinstance(devices, str) and "," in devices:
-        return len([d for d in devices.split(",") if d.strip()])
     if devices in (None, "auto", -1, "-1"):
         use_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
         return torch.cuda.device_count() if use_gpu else 1

@@ -236,11 +236,11 @@ def test_max_val_prompts_spreads_over_a_sorted_test_split_and_names_original_row
 
 
 def test_a_resumed_iteration_draws_its_untrained_batches_first():
-    from sppo_pl.datamodule import ResumableOrder, remaining_first
+    from sppo_pl.datamodule import ResumableOrder, untrained_order
 
-    assert remaining_first([3, 0, 2, 1, 5, 4], 1, 2) == [2, 1, 5, 4]
-    assert remaining_first([3, 0, 2, 1, 5, 4], 0, 2) == [3, 0, 2, 1, 5, 4]  # a fresh iteration
-    assert remaining_first([3, 0, 2, 1], 2, 2) == []  # all trained
+    assert untrained_order([3, 0, 2, 1, 5, 4], 1, 2) == [2, 1, 5, 4]
+    assert untrained_order([3, 0, 2, 1, 5, 4], 0, 2) == [3, 0, 2, 1, 5, 4]  # a fresh iteration
+    assert untrained_order([3, 0, 2, 1], 2, 2) == []  # all trained
     done = [0]
     sampler = ResumableOrder([3, 0, 2, 1, 5, 4], 2, lambda: done[0])
     assert list(sampler) == [3, 0, 2, 1, 5, 4] and len(sampler) == 6

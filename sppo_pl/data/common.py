@@ -183,11 +183,12 @@ def locate(row: dict, split: str, i: int) -> tuple[str, int]:
     return (row[file], row[n]) if file in row else (f"split '{split}'", i)
 
 
-def check_columns(ds: Dataset, where: str, columns: list[str]) -> None:
+def check_columns(ds: Dataset, where: str, columns: list[str], hint: str = "") -> None:
+    """Each of ``columns`` is in ``ds``, else an error naming the first missing one (and ``hint``)."""
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
         shown = [c for c in ds.column_names if c not in SOURCE_COLUMNS]
-        raise ValueError(f"data: {where} has no column {missing[0]!r} (columns: {shown})")
+        raise ValueError(f"data: {where} has no column {missing[0]!r} (columns: {shown}){hint}")
 
 
 def check_prompt(value: Any, where: str, row: int, field: str) -> str | list[dict]:
@@ -231,15 +232,10 @@ def check_answer(value: Any, where: str, row: int, field: str) -> str | None:
 def check_rows(ds: Dataset, where: str, prompt_key: str, answer_key: str | None) -> None:
     """Every row's prompt and answer, checked (see :func:`check_prompt`, :func:`check_answer`). A missing
     column is an error naming the setting that picks it."""
-    for key, field, other in (
-        (prompt_key, "prompt_key", ""),
-        (answer_key, "answer_key", ", or data.dataset.answer_key=null for prompts only (a model oracle)"),
-    ):
-        if key and key not in ds.column_names:
-            shown = [c for c in ds.column_names if c not in SOURCE_COLUMNS]
-            raise ValueError(
-                f"data: {where} has no column {key!r} (columns: {shown}): set data.dataset.{field}=<column>{other}"
-            )
+    check_columns(ds, where, [prompt_key], ": set data.dataset.prompt_key=<column>")
+    if answer_key:
+        prompts_only = ", or data.dataset.answer_key=null for prompts only (a model oracle)"
+        check_columns(ds, where, [answer_key], f": set data.dataset.answer_key=<column>{prompts_only}")
     for i, row in enumerate(ds):
         check_prompt(row[prompt_key], where, i, prompt_key)
         if answer_key:

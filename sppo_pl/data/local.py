@@ -24,12 +24,8 @@ def read_prompts(path: str, prompt_key: str, answer_key: str | None) -> Dataset:
     ds = read_file(path)
     # a JSON answer column of 3 and 3.5: "3", not "3.0"; of 5 and "007": "007"; a prompt column of text and
     # chat messages: the prompt "12345" stays text
-    ds = (
-        numbers_as_written(ds, path, prompt_key, numbers_as_text=False)
-        if prompt_key in ds.column_names
-        else ds
-    )
-    if answer_key and answer_key in ds.column_names:
+    ds = numbers_as_written(ds, path, prompt_key, numbers_as_text=False)
+    if answer_key:
         ds = numbers_as_written(ds, path, answer_key)
     check_rows(ds, str(path), prompt_key, answer_key)
     renames = {prompt_key: "prompt", **({answer_key: "answer"} if answer_key else {})}
